@@ -1,0 +1,314 @@
+"""The API users call: ``ImageTokenizer`` (image <-> integer ids) and ``ImageVAE`` (image <-> latents).
+
+One shape rule for both: a single image in gives a single grid out ((h, w), or (C, h, w) for the VAE);
+a 4-D batch (B, C, H, W) gives (B, h, w) ((B, C, h, w)); a list gives a list. ``decode`` mirrors it.
+Sizes that are not a multiple of f are edge-padded on encode; ``reconstruct`` crops back.
+
+Axis letters: B batch, H/W image size, h/w grid (ceil(H/f), ceil(W/f)), C latent channels.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import AutoencoderConfig, ConfigError, KLConfig
+from .image_io import MAX_PIXELS, as_image_list
+from .models import KLModel, VQModel, build_model
+from .presets import get_preset
+from .pretrained import load_folder, resolve_folder, save_folder
+
+Size = tuple[int, int]
+
+
+class _ImageModel(nn.Module):
+    """Shared plumbing: loading, saving, pre/post-processing and batching by image size."""
+
+    model_type: str = ""
+    # Images of one size are run through the network this many at a time.
+    max_batch: int = 16
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if model.config.model_type != self.model_type:
+            raise ConfigError(
+                f"{type(self).__name__} needs a {self.model_type!r} model, got {model.config.model_type!r}"
+            )
+        self.model = model.eval()
+
+    # --- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: AutoencoderConfig):
+        return cls(build_model(config))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any):
+        """Fresh (untrained) weights for a registered preset, e.g. ``"vq-f8"``; overrides replace config fields."""
+        config = get_preset(name)
+        if config.model_type != cls.model_type:
+            raise ConfigError(f"preset {name!r} is a {config.model_type!r} model; {cls.__name__} needs {cls.model_type!r}")
+        return cls.from_config(config.replace(**overrides) if overrides else config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path | None = None,
+        revision: str | None = None,
+        subfolder: str | None = None,
+        cache_dir: str | Path | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        """Load a model folder, a Hub repo id, or (no name) the bundled default model.
+
+        Args:
+            name_or_path: a folder with config.json + model.safetensors, a Hub repo id, or None.
+            revision, subfolder, cache_dir, token, local_files_only: as in ``huggingface_hub``.
+            device: where to put the model (default CPU).
+            dtype: weights dtype (e.g. torch.bfloat16); the quantizer always stays fp32.
+        """
+        folder = resolve_folder(
+            name_or_path, cls.model_type, revision=revision, subfolder=subfolder, cache_dir=cache_dir,
+            token=token, local_files_only=local_files_only,
+        )
+        wrapper = cls(load_folder(folder, expected_type=cls.model_type))
+        wrapper.source = str(name_or_path) if name_or_path is not None else "bundled"
+        wrapper.folder = Path(folder)
+        return wrapper.to(device=device, dtype=dtype)
+
+    def to(self, *args, **kwargs):
+        out = super().to(*args, **kwargs)
+        quantizer = getattr(self.model, "quantizer", None)
+        if quantizer is not None:
+            quantizer.float()  # distances in fp32 whatever the weights' dtype
+        return out
+
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (weights optionally stored as ``dtype``)."""
+        return save_folder(self.model, folder, dtype=dtype)
+
+    # --- properties -------------------------------------------------------------------------------
+    @property
+    def config(self) -> AutoencoderConfig:
+        return self.model.config
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.decoder.conv_out.weight.dtype
+
+    def grid_size(self, height: int, width: int) -> Size:
+        f = self.downsample_factor
+        return math.ceil(height / f), math.ceil(width / f)
+
+    # --- pre/post-processing ----------------------------------------------------------------------
+    def _to_model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, 3, f*h, f*w) in [-1, 1], edge-padded to a multiple of f."""
+        f = self.downsample_factor
+        height, width = images.shape[-2:]
+        pad_h, pad_w = (-height) % f, (-width) % f
+        x = images.to(self.device, self.dtype) * 2.0 - 1.0
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")  # (B, 3, H + pad_h, W + pad_w)
+        return x
+
+    @staticmethod
+    def _to_image(x: torch.Tensor, size: Size | None) -> torch.Tensor:
+        """(B, 3, H', W') in about [-1, 1] -> float32 in [0, 1], cropped to ``size``."""
+        if size is not None:
+            x = x[..., : size[0], : size[1]]
+        return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def _encode_images(self, image: Any, fn: Callable[[torch.Tensor], torch.Tensor]):
+        """Apply ``fn`` to images grouped by size, in batches, and shape the result by the input's form."""
+        images, form = as_image_list(image, MAX_PIXELS)
+        results: list[torch.Tensor | None] = [None] * len(images)
+        by_size: dict[Size, list[int]] = {}
+        for i, img in enumerate(images):
+            by_size.setdefault(tuple(img.shape[-2:]), []).append(i)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.max_batch):
+                chunk = indices[start : start + self.max_batch]
+                batch = torch.stack([images[i] for i in chunk])  # (b, 3, H, W)
+                out = fn(self._to_model_input(batch))
+                for i, row in zip(chunk, out):
+                    results[i] = row
+        if form == "single":
+            return results[0]
+        if form == "batch":
+            return torch.stack(results)
+        return results
+
+    @staticmethod
+    def _split_sizes(size, count: int) -> list[Size | None]:
+        if size is None or (len(size) == 2 and all(isinstance(s, int) for s in size)):
+            return [size] * count
+        if len(size) != count:
+            raise ValueError(f"size: got {len(size)} sizes for {count} inputs")
+        return list(size)
+
+    @torch.no_grad()
+    def reconstruct(self, image: Any):
+        """Encode and decode; the output has the input's size and form, float in [0, 1]."""
+        images, form = as_image_list(image, MAX_PIXELS)
+        outs = []
+        for img in images:
+            code = self.encode(img)
+            outs.append(self.decode(code, size=tuple(img.shape[-2:])))
+        if form == "single":
+            return outs[0]
+        return torch.stack(outs) if form == "batch" else outs
+
+
+class ImageTokenizer(_ImageModel):
+    """Images <-> grids of integer token ids from a fixed vocabulary.
+
+    Example:
+        >>> tok = ImageTokenizer.from_preset("vq-tiny")
+        >>> ids = tok.encode(torch.rand(3, 32, 48))   # (4, 6) long
+        >>> img = tok.decode(ids)                     # (3, 32, 48) float in [0, 1]
+    """
+
+    model_type = "vq"
+    model: VQModel
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.vocab_size
+
+    @property
+    def bits_per_token(self) -> float:
+        return math.log2(self.vocab_size)
+
+    @torch.no_grad()
+    def encode(self, image: Any) -> torch.Tensor | list[torch.Tensor]:
+        """Image(s) -> long ids: (h, w) for one image, (B, h, w) for a batch, a list for a list."""
+        return self._encode_images(image, self.model.encode_ids)
+
+    def _check_ids(self, ids: Any, what: str) -> torch.Tensor:
+        if isinstance(ids, np.ndarray):
+            ids = torch.from_numpy(ids.astype(np.int64) if ids.dtype == np.uint16 else ids)
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"{what}: expected a tensor or numpy array of integer ids, got {type(ids).__name__}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"{what}: ids have dtype {ids.dtype}; expected an integer dtype")
+        if ids.ndim not in (2, 3) or ids.shape[-1] == 0 or ids.shape[-2] == 0:
+            raise ValueError(f"{what}: ids of shape {tuple(ids.shape)}; expected (h, w) or (B, h, w)")
+        ids = ids.long()
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= self.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"{what}: id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        return ids
+
+    @torch.no_grad()
+    def decode(self, ids: Any, size: Size | Sequence[Size] | None = None):
+        """Ids -> images in [0, 1]: (h, w) -> (3, H, W); (B, h, w) -> (B, 3, H, W); list -> list.
+
+        Args:
+            ids: integer ids in [0, vocab_size).
+            size: (H, W) to crop to (e.g. the original size before padding); for a list, one per entry.
+        """
+        if isinstance(ids, (list, tuple)):
+            sizes = self._split_sizes(size, len(ids))
+            return [self.decode(item, s) for item, s in zip(ids, sizes)]
+        ids = self._check_ids(ids, "decode")
+        single = ids.ndim == 2
+        batch = ids[None] if single else ids  # (B, h, w)
+        outs = [
+            self._to_image(self.model.decode_ids(batch[s : s + self.max_batch].to(self.device)), size)
+            for s in range(0, batch.shape[0], self.max_batch)
+        ]
+        out = torch.cat(outs)  # (B, 3, H, W)
+        return out[0] if single else out
+
+    def bits_per_pixel(self, height: int, width: int) -> float:
+        """tokens x log2(vocab) / pixels, with the grid of an H x W image."""
+        h, w = self.grid_size(height, width)
+        return h * w * self.bits_per_token / (height * width)
+
+
+class ImageVAE(_ImageModel):
+    """Images <-> continuous latents (diagonal-Gaussian VAE), scaled for diffusion models.
+
+    Latents returned by ``encode`` are ``(mode - shift_factor) * scaling_factor``; ``decode`` undoes it.
+    """
+
+    model_type = "kl"
+    model: KLModel
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.latent_channels
+
+    @property
+    def config(self) -> KLConfig:
+        return self.model.config
+
+    @torch.no_grad()
+    def encode(self, image: Any, sample: bool = False, generator: torch.Generator | None = None):
+        """Image(s) -> scaled latents: (C, h, w) for one image, (B, C, h, w) for a batch, list for a list.
+
+        Args:
+            sample: draw from the posterior instead of taking its mode.
+            generator: random generator for ``sample=True``.
+        """
+        cfg = self.config
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            post = self.model.posterior(x)
+            z = post.sample(generator) if sample else post.mode()
+            return ((z.float() - cfg.shift_factor) * cfg.scaling_factor)
+
+        return self._encode_images(image, fn)
+
+    @torch.no_grad()
+    def decode(self, latents: Any, size: Size | Sequence[Size] | None = None):
+        """Scaled latents -> images in [0, 1], mirroring ``encode``'s shapes."""
+        if isinstance(latents, (list, tuple)):
+            sizes = self._split_sizes(size, len(latents))
+            return [self.decode(item, s) for item, s in zip(latents, sizes)]
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise TypeError("decode: expected a float tensor of latents (C, h, w) or (B, C, h, w)")
+        if latents.ndim not in (3, 4) or latents.shape[-3] != self.latent_channels:
+            raise ValueError(
+                f"decode: latents of shape {tuple(latents.shape)}; expected (C, h, w) or (B, C, h, w) "
+                f"with C = {self.latent_channels}"
+            )
+        single = latents.ndim == 3
+        z = latents[None] if single else latents  # (B, C, h, w)
+        z = z.to(self.device).float() / self.config.scaling_factor + self.config.shift_factor
+        outs = [
+            self._to_image(self.model.decode_latents(z[s : s + self.max_batch].to(self.dtype)), size)
+            for s in range(0, z.shape[0], self.max_batch)
+        ]
+        out = torch.cat(outs)
+        return out[0] if single else out
+
+
+def load_any(name_or_path: str | Path | None = None, **kwargs: Any) -> ImageTokenizer | ImageVAE:
+    """An ``ImageTokenizer`` or ``ImageVAE``, whichever the folder/repo holds (default: the bundled tokenizer)."""
+    if name_or_path is None:
+        return ImageTokenizer.from_pretrained(None, **kwargs)
+    folder = resolve_folder(name_or_path, "vq", **{k: v for k, v in kwargs.items() if k not in ("device", "dtype")})
+    config = AutoencoderConfig.load(folder / "config.json")
+    cls = ImageTokenizer if config.model_type == "vq" else ImageVAE
+    if config.model_type not in ("vq", "kl"):
+        raise ConfigError(f"{folder}: holds a {config.model_type!r} model; the CLI handles 'vq' and 'kl'")
+    return cls.from_pretrained(folder, device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+

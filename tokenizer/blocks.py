@@ -1,0 +1,193 @@
+"""Convolutional encoder/decoder blocks in the layout the field converged on.
+
+taming-transformers' VQGAN (Esser et al. 2021) and the LDM autoencoders (Rombach et al. 2022), which
+diffusers' ``AutoencoderKL``/``VQModel`` and LlamaGen's VQ re-implement: ResNet blocks with GroupNorm
+and SiLU, stride-2 convolutions down, nearest-neighbour + conv up, self-attention in a mid block at the
+lowest resolution. Module names follow taming (``down.{i}.block.{j}``, ``mid.attn_1``, ``up.{i}``) so
+that the family's checkpoints map onto these modules key by key (see ``tokenizer/interop``).
+
+Axis letters: B batch, C channels, H/W spatial size at the current level, L = H*W positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import AutoencoderConfig
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    # Tiny presets have widths below 32; use the largest divisor of the width not above `groups`.
+    groups = max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """Two 3x3 convs with pre-activation GroupNorm + SiLU and a (1x1 if needed) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = group_norm(in_channels, groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.nin_shortcut = (
+            nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention with 1x1-conv projections (taming's ``AttnBlock``)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = group_norm(channels, groups)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, height, width = x.shape
+        h = self.norm(x)
+        q, k, v = (rearrange(m(h), "b c h w -> b 1 (h w) c") for m in (self.q, self.k, self.v))  # (B, 1, L, C)
+        # Fused kernel: never materialises the (L, L) matrix when a memory-efficient backend exists.
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, 1, L, C)
+        out = rearrange(out, "b 1 (h w) c -> b c h w", h=height, w=width)  # (B, C, H, W)
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv with asymmetric (0, 1, 0, 1) padding, as taming and LDM."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then a 3x3 conv (avoids the checkerboard of transposed convs)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """One resolution level: ResNet blocks, optional attention after each, optional resampler."""
+
+    def __init__(self, blocks: list[nn.Module], attns: list[nn.Module], resample: nn.Module | None):
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+        self.attn = nn.ModuleList(attns)
+        if resample is not None:
+            # Attribute name matters for checkpoint keys: "downsample" in the encoder, "upsample" in the decoder.
+            setattr(self, "downsample" if isinstance(resample, Downsample) else "upsample", resample)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.block):
+            x = block(x)
+            if len(self.attn) > 0:
+                x = self.attn[i](x)
+        return x
+
+
+class MidBlock(nn.Module):
+    def __init__(self, channels: int, groups: int, dropout: float, attention: bool):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, groups, dropout)
+        self.attn_1 = AttnBlock(channels, groups) if attention else nn.Identity()
+        self.block_2 = ResnetBlock(channels, channels, groups, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class Encoder(nn.Module):
+    """Image (B, in_channels, H, W) -> features (B, out_channels, H/f, W/f)."""
+
+    def __init__(self, config: AutoencoderConfig, out_channels: int):
+        super().__init__()
+        c, g = config, config.norm_groups
+        widths = [c.base_channels * m for m in c.channel_mult]
+        self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
+        levels = []
+        in_ch = c.base_channels
+        for i, width in enumerate(widths):
+            blocks, attns = [], []
+            for _ in range(c.layers_per_block):
+                blocks.append(ResnetBlock(in_ch, width, g, c.dropout))
+                in_ch = width
+                if i in c.attn_levels:
+                    attns.append(AttnBlock(width, g))
+            last = i == len(widths) - 1
+            levels.append(Level(blocks, attns, None if last else Downsample(width)))
+        self.down = nn.ModuleList(levels)
+        self.mid = MidBlock(in_ch, g, c.dropout, c.mid_attention)
+        self.norm_out = group_norm(in_ch, g)
+        self.conv_out = nn.Conv2d(in_ch, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)  # (B, C0, H, W)
+        for level in self.down:
+            h = level(h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)  # (B, C, H/2, W/2)
+        h = self.mid(h)  # (B, C, H/f, W/f)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """Latent (B, in_channels, h, w) -> image (B, out_channels, h*f, w*f).
+
+    ``up[i]`` is the level at the same resolution as the encoder's ``down[i]`` (taming's convention),
+    so ``up[-1]`` runs first. Each level has one more ResNet block than the encoder's (taming/LDM).
+    """
+
+    def __init__(self, config: AutoencoderConfig, in_channels: int):
+        super().__init__()
+        c, g = config, config.norm_groups
+        widths = [c.base_channels * m for m in c.channel_mult]
+        ch = widths[-1]
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.mid = MidBlock(ch, g, c.dropout, c.mid_attention)
+        levels: list[Level] = []
+        for i in reversed(range(len(widths))):
+            blocks, attns = [], []
+            for _ in range(c.layers_per_block + 1):
+                blocks.append(ResnetBlock(ch, widths[i], g, c.dropout))
+                ch = widths[i]
+                if i in c.attn_levels:
+                    attns.append(AttnBlock(ch, g))
+            levels.insert(0, Level(blocks, attns, Upsample(ch) if i > 0 else None))
+        self.up = nn.ModuleList(levels)
+        self.norm_out = group_norm(ch, g)
+        self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
+
+    @property
+    def last_layer(self) -> nn.Parameter:
+        """Weight of the final conv: where the adaptive GAN weight of VQGAN (eq. 7) is measured."""
+        return self.conv_out.weight
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))  # (B, C, h, w)
+        for level in reversed(self.up):
+            h = level(h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)  # (B, C, 2h, 2w)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, out_channels, H, W)

@@ -1,0 +1,152 @@
+"""``imgtok`` command line: encode, decode, reconstruct, info (and the commands other modules register).
+
+Each command is a thin front end over the library: argument parsing, printing, no logic of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODEL_HELP = "model folder or Hub repo id (default: the bundled default model)"
+
+
+def _load(args, kind: str | None = None):
+    from .api import ImageTokenizer, ImageVAE, load_any
+
+    if kind == "vq":
+        return ImageTokenizer.from_pretrained(args.model, device=args.device)
+    if kind == "kl":
+        return ImageVAE.from_pretrained(args.model, device=args.device)
+    return load_any(args.model, device=args.device)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two [0, 1] images after 8-bit rounding (how the saved files compare)."""
+    a8 = (a.float().clamp(0, 1) * 255).round()
+    b8 = (b.float().clamp(0, 1) * 255).round()
+    mse = torch.mean((a8 - b8) ** 2).item()
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def cmd_encode(args) -> int:
+    tok = _load(args, "vq")
+    ids = tok.encode(args.image).cpu()
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
+    np.save(args.output, ids.numpy().astype(dtype))
+    h, w = ids.shape
+    print(f"{args.image}: grid {h}x{w} = {h * w} tokens, vocab {tok.vocab_size} -> {args.output}")
+    return 0
+
+
+def cmd_decode(args) -> int:
+    from .image_io import save_image
+
+    tok = _load(args, "vq")
+    try:
+        ids = np.load(args.ids, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"imgtok decode: {args.ids}: not a readable .npy array of ids ({err})")
+    size = tuple(args.size) if args.size else None
+    image = tok.decode(torch.from_numpy(ids.astype(np.int64)), size=size)
+    save_image(image, args.output)
+    print(f"{args.ids}: grid {ids.shape[0]}x{ids.shape[1]} -> image {image.shape[2]}x{image.shape[1]} -> {args.output}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    from .api import ImageTokenizer
+    from .image_io import read_image, save_image
+
+    model = _load(args)
+    image = read_image(args.image)
+    recon = model.reconstruct(image)
+    save_image(recon, args.output)
+    height, width = image.shape[-2:]
+    h, w = model.grid_size(height, width)
+    if isinstance(model, ImageTokenizer):
+        bpp = model.bits_per_pixel(height, width)
+        what = f"grid {h}x{w} tokens (vocab {model.vocab_size}), {bpp:.4f} bits per pixel"
+    else:
+        what = f"latent {model.latent_channels}x{h}x{w} (continuous)"
+    print(f"{args.image}: {width}x{height}, {what}, PSNR {psnr(image, recon):.2f} dB -> {args.output}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .api import ImageTokenizer
+
+    model = _load(args)
+    cfg = model.config
+    params = sum(p.numel() for p in model.model.parameters())
+    info = {
+        "source": getattr(model, "source", args.model),
+        "model_type": cfg.model_type,
+        "downsample_factor": cfg.downsample_factor,
+        "parameters": params,
+        "config": cfg.to_dict(),
+    }
+    if isinstance(model, ImageTokenizer):
+        info["vocab_size"] = model.vocab_size
+        info["bits_per_token"] = model.bits_per_token
+        info["bits_per_pixel"] = model.bits_per_token / cfg.downsample_factor**2
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgtok", description="Image tokenizers: images <-> discrete token ids.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("encode", cmd_encode, "encode an image to a grid of token ids (.npy)")
+    p.add_argument("image")
+    p.add_argument("-o", "--output", required=True, help="output .npy file")
+    p = add("decode", cmd_decode, "decode a .npy grid of token ids to an image")
+    p.add_argument("ids")
+    p.add_argument("-o", "--output", required=True, help="output image file")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="crop to the original size")
+    p = add("reconstruct", cmd_reconstruct, "encode and decode an image; print grid, bits per pixel and PSNR")
+    p.add_argument("image")
+    p.add_argument("-o", "--output", required=True, help="output image file")
+    p = add("info", cmd_info, "print a model's config, vocabulary and size")
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+
+    for name, p in sub.choices.items():
+        if name != "info":
+            p.add_argument("--model", default=None, help=MODEL_HELP)
+        p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Other modules' commands (tokenize, convert, ...) add themselves here: each takes the subparsers object.
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .image_io import ImageError
+    from .pretrained import WeightsError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ImageError, ConfigError, WeightsError, ValueError, TypeError, OSError) as err:
+        print(f"imgtok {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

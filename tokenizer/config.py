@@ -1,0 +1,198 @@
+"""Typed configs for every model family, saved as ``config.json`` beside ``model.safetensors``.
+
+One dataclass per family. Each JSON file carries ``imgtok_model_type`` (so it can never be mistaken
+for another library's ``config.json``) and ``format_version`` (so an older imgtok refuses a newer
+format with a clear message instead of loading garbage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+# Bump when the meaning of a saved field or of a weight key changes.
+FORMAT_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A config that cannot be built or loaded (unknown field, bad value, unknown version)."""
+
+
+@dataclass
+class AutoencoderConfig:
+    """Fields shared by every family: the convolutional encoder/decoder (taming / LDM layout).
+
+    Defaults describe the LDM ``f8`` autoencoder family; presets in ``presets.py`` pick the sizes.
+    """
+
+    model_type: ClassVar[str] = "base"
+
+    in_channels: int = 3  # RGB; the image pipeline always converts to RGB.
+    out_channels: int = 3
+    base_channels: int = 128  # width of the first level; level i has base_channels * channel_mult[i].
+    # One entry per resolution level. len(channel_mult) - 1 stride-2 downsamples: f = 2**(len - 1).
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    layers_per_block: int = 2  # ResNet blocks per encoder level; the decoder uses one more (taming/LDM).
+    # Levels (0 = full resolution) that carry self-attention after each ResNet block. Empty for the
+    # LDM/SD family; LlamaGen puts attention at the lowest level.
+    attn_levels: tuple[int, ...] = ()
+    mid_attention: bool = True  # self-attention in the mid block, at the lowest resolution.
+    z_channels: int = 4  # channels the encoder emits (doubled for the Gaussian posterior).
+    latent_channels: int = 4  # channels after quant_conv: the latent or the quantizer's input dim.
+    norm_groups: int = 32  # GroupNorm groups; clipped to a divisor of the width in tiny presets.
+    dropout: float = 0.0
+    # Use 1x1 quant_conv / post_quant_conv between encoder/decoder and the bottleneck (taming, LDM,
+    # diffusers all have them; False gives a bottleneck fed directly by the encoder's conv_out).
+    use_quant_conv: bool = True
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def validate(self) -> None:
+        if self.downsample_factor not in (1, 2, 4, 8, 16, 32):
+            raise ConfigError(f"channel_mult {self.channel_mult} gives f={self.downsample_factor}")
+        for level in self.attn_levels:
+            if not 0 <= level < len(self.channel_mult):
+                raise ConfigError(
+                    f"attn_levels entry {level} is outside 0..{len(self.channel_mult) - 1}"
+                )
+        if not self.use_quant_conv and self.z_channels != self.latent_channels:
+            raise ConfigError("use_quant_conv=False needs z_channels == latent_channels")
+        if self.base_channels <= 0 or self.layers_per_block < 1:
+            raise ConfigError("base_channels must be > 0 and layers_per_block >= 1")
+
+    # --- JSON -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"imgtok_model_type": self.model_type, "format_version": FORMAT_VERSION}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "AutoencoderConfig":
+        data = dict(data)
+        model_type = data.pop("imgtok_model_type", None)
+        version = data.pop("format_version", None)
+        if model_type is None:
+            raise ConfigError(
+                f"{source}: no 'imgtok_model_type' key; this is not an imgtok config "
+                "(another library's checkpoint can be converted with `imgtok convert`)"
+            )
+        target = CONFIG_CLASSES.get(model_type)
+        if target is None:
+            raise ConfigError(
+                f"{source}: unknown imgtok_model_type {model_type!r}; expected one of {sorted(CONFIG_CLASSES)}"
+            )
+        if cls is not AutoencoderConfig and target is not cls:
+            raise ConfigError(
+                f"{source}: holds a {model_type!r} model, expected {cls.model_type!r}"
+            )
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ConfigError(
+                f"{source}: format_version {version!r} is newer than this imgtok understands "
+                f"({FORMAT_VERSION}); upgrade imgtok"
+            )
+        known = {f.name: f for f in dataclasses.fields(target)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {unknown} for {target.__name__}")
+        kwargs = {}
+        for name, value in data.items():
+            if isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        config = target(**kwargs)
+        config.validate()
+        return config
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AutoencoderConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        return cls.from_dict(data, source=str(path))
+
+    def replace(self, **changes: Any) -> "AutoencoderConfig":
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+
+@dataclass
+class VQConfig(AutoencoderConfig):
+    """Discrete tokenizer: encoder -> VectorQuantizer -> decoder (VQ-VAE, van den Oord et al. 2017)."""
+
+    model_type: ClassVar[str] = "vq"
+
+    codebook_size: int = 16384
+    # Factorised codes (ViT-VQGAN, Yu et al. 2021, sec. 3.2): look codes up in a low-dimensional space
+    # through in/out projections. None = codes live in latent_channels dimensions.
+    code_dim: int | None = None
+    l2_normalize: bool = True  # cosine-similarity lookup on the unit sphere (ViT-VQGAN / LlamaGen).
+    commitment_beta: float = 0.25  # VQ-VAE eq. 3; 0.25 as in the paper.
+    codebook_loss_weight: float = 1.0
+    use_ema: bool = False  # EMA codebook updates (VQ-VAE appendix A.1) instead of the codebook loss.
+    ema_decay: float = 0.99
+    ema_epsilon: float = 1e-5
+    # Dead-code restart (Jukebox, Dhariwal et al. 2020; Zeghidour et al. 2021): a code whose EMA usage
+    # falls under this many assignments per step is re-seeded from an encoder output. 0 disables it.
+    dead_code_threshold: float = 0.0
+    usage_decay: float = 0.99  # decay of the per-code usage statistic the restart reads.
+    kmeans_init: bool = False  # initialise the codebook by k-means on the first training batch.
+    kmeans_iters: int = 10
+
+    def validate(self) -> None:
+        super().validate()
+        if self.codebook_size < 2:
+            raise ConfigError(f"codebook_size must be >= 2, got {self.codebook_size}")
+        if self.code_dim is not None and self.code_dim < 1:
+            raise ConfigError(f"code_dim must be >= 1 or null, got {self.code_dim}")
+
+
+@dataclass
+class KLConfig(AutoencoderConfig):
+    """Continuous VAE with a diagonal-Gaussian posterior (Kingma & Welling 2014; LDM, Rombach et al. 2022)."""
+
+    model_type: ClassVar[str] = "kl"
+
+    # Latents handed to users are (mode - shift_factor) * scaling_factor, so that a diffusion model
+    # sees roughly unit variance (LDM sec. 4.3.2). Estimate scaling_factor as 1/std of training latents.
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+    logvar_clamp: tuple[float, float] = (-30.0, 20.0)  # as LDM: keeps exp(logvar) finite early on.
+
+
+@dataclass
+class AEConfig(AutoencoderConfig):
+    """Plain deterministic autoencoder (no bottleneck regulariser), for comparisons."""
+
+    model_type: ClassVar[str] = "ae"
+
+
+CONFIG_CLASSES: dict[str, type[AutoencoderConfig]] = {
+    cls.model_type: cls for cls in (VQConfig, KLConfig, AEConfig)
+}
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ConfigError",
+    "AutoencoderConfig",
+    "VQConfig",
+    "KLConfig",
+    "AEConfig",
+    "CONFIG_CLASSES",
+]

@@ -1,0 +1,197 @@
+"""Turning whatever a user passes as an image into RGB float tensors in [0, 1], and back.
+
+Accepted: a path, a ``PIL.Image``, a uint8/uint16 numpy array (H, W) or (H, W, C), a uint8 tensor
+(C, H, W) or (B, C, H, W) as ``torchvision.io`` returns, a float tensor in [0, 1] of those shapes, or a
+list of any of these. Grayscale, palette, RGBA (composited on white), 16-bit and CMYK become RGB; EXIF
+orientation is applied. Anything else raises :class:`ImageError` naming the input.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+# Decompression-bomb guard: ~134 megapixels (11585^2), beyond any photo a tokenizer should see whole.
+MAX_PIXELS = 1 << 27
+# Float tensors may overshoot [0, 1] by rounding; anything beyond this is a range mistake.
+_RANGE_TOLERANCE = 1e-3
+
+
+class ImageError(ValueError):
+    """An input image that cannot be read or is not in a supported form."""
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, (torch.Tensor, np.ndarray)):
+        return f"{type(source).__name__} of shape {tuple(source.shape)} and dtype {source.dtype}"
+    return type(source).__name__
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) float in [0, 1] -> (H, W, 3), alpha-blended over a white background."""
+    rgb, alpha = rgba[..., :3], rgba[..., 3:4]
+    return rgb * alpha + (1.0 - alpha)
+
+
+def pil_to_array(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> (H, W, 3) float32 RGB in [0, 1]."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grayscale (PNG/TIFF): full 16-bit range, not the 8-bit truncation of convert("L").
+        gray = np.asarray(image, dtype=np.float32) / 65535.0
+        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2)
+    if mode == "F":
+        gray = np.asarray(image, dtype=np.float32)
+        gray = gray / 255.0 if gray.max(initial=0.0) > 1.0 else gray
+        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+        return _composite_on_white(rgba)
+    if mode != "RGB":
+        image = image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Decode an image file -> (3, H, W) float32 in [0, 1], EXIF orientation applied.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ImageError: the file is not a decodable image, is truncated, or exceeds ``max_pixels``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of "
+                    f"{max_pixels} (decompression-bomb guard); resize it or raise max_pixels"
+                )
+            image.load()  # full decode here, so truncation raises now and not later
+            image = ImageOps.exif_transpose(image)
+            array = pil_to_array(image)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{path}: image too large ({err})") from err
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for unknown/corrupt/truncated files
+        raise ImageError(f"{path}: cannot decode image ({err}); expected a valid PNG/JPEG/WebP/... file") from err
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
+
+
+def _array_to_tensor(array: np.ndarray, source: Any) -> torch.Tensor:
+    """(H, W) or (H, W, C) uint8/uint16/float array -> (3, H, W) float in [0, 1]."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageError(f"{_describe(source)}: expected an (H, W) or (H, W, C) array with C in 1, 3, 4")
+    if array.dtype == np.uint8:
+        data = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        data = array.astype(np.float32) / 65535.0
+    elif np.issubdtype(array.dtype, np.floating):
+        data = array.astype(np.float32)
+        _check_unit_range(torch.from_numpy(data), source)
+    else:
+        raise ImageError(f"{_describe(source)}: unsupported dtype {array.dtype}; expected uint8, uint16 or float")
+    return _channels_to_rgb(torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1))), source)
+
+
+def _check_unit_range(t: torch.Tensor, source: Any) -> None:
+    low, high = float(t.min()), float(t.max())
+    if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
+        hint = " (it looks like [-1, 1]; map it with (x + 1) / 2)" if low < -_RANGE_TOLERANCE else ""
+        hint = hint or (" (it looks like [0, 255]; divide by 255 or pass uint8)" if high > 1.5 else "")
+        raise ImageError(
+            f"{_describe(source)}: float image values span [{low:.3g}, {high:.3g}]; expected [0, 1]{hint}"
+        )
+
+
+def _channels_to_rgb(t: torch.Tensor, source: Any) -> torch.Tensor:
+    """(..., C, H, W) float with C in 1, 3, 4 -> (..., 3, H, W)."""
+    channels = t.shape[-3]
+    if channels == 3:
+        return t
+    if channels == 1:
+        return t.expand(*t.shape[:-3], 3, *t.shape[-2:]).contiguous()
+    if channels == 4:
+        rgb, alpha = t[..., :3, :, :], t[..., 3:4, :, :]
+        return rgb * alpha + (1.0 - alpha)  # composite on white, as for RGBA files
+    raise ImageError(f"{_describe(source)}: {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
+
+
+def _tensor_to_float(t: torch.Tensor, source: Any) -> torch.Tensor:
+    """uint8 or float tensor (C, H, W) / (B, C, H, W) -> float32 in [0, 1] with 3 channels."""
+    if t.ndim not in (3, 4):
+        raise ImageError(f"{_describe(source)}: expected (C, H, W) or (B, C, H, W)")
+    if t.shape[-3] not in (1, 3, 4):
+        raise ImageError(
+            f"{_describe(source)}: channel axis (dim {t.ndim - 3}) has {t.shape[-3]} entries; "
+            "expected channels-first with 1, 3 or 4 channels"
+        )
+    if t.dtype == torch.uint8:
+        t = t.float() / 255.0
+    elif t.dtype == torch.uint16:
+        t = t.float() / 65535.0
+    elif t.is_floating_point():
+        t = t.float()
+        _check_unit_range(t, source)
+        t = t.clamp(0.0, 1.0)
+    else:
+        raise ImageError(f"{_describe(source)}: unsupported dtype {t.dtype}; expected uint8 or float in [0, 1]")
+    return _channels_to_rgb(t, source)
+
+
+def to_tensor(image: Any, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """One image in any accepted form -> (3, H, W) float32 in [0, 1]; a 4-D tensor -> (B, 3, H, W)."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image, max_pixels)
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.ascontiguousarray(pil_to_array(ImageOps.exif_transpose(image)).transpose(2, 0, 1)))
+    if isinstance(image, np.ndarray):
+        return _array_to_tensor(image, image)
+    if isinstance(image, torch.Tensor):
+        return _tensor_to_float(image, image)
+    raise ImageError(
+        f"unsupported image type {type(image).__name__}; expected a path, PIL.Image, numpy array, tensor or a list"
+    )
+
+
+def as_image_list(images: Any, max_pixels: int = MAX_PIXELS) -> tuple[list[torch.Tensor], str]:
+    """Normalise the input of ``encode`` into a list of (3, H, W) tensors and its form.
+
+    The form is "single" (one image), "batch" (a 4-D tensor) or "list"; outputs mirror it.
+    """
+    if isinstance(images, (list, tuple)):
+        return [to_tensor(item, max_pixels) for item in _flat(images)], "list"
+    tensor = to_tensor(images, max_pixels)
+    if tensor.ndim == 4:
+        return list(tensor.unbind(0)), "batch"
+    return [tensor], "single"
+
+
+def _flat(items: Sequence[Any]) -> list[Any]:
+    for item in items:
+        if isinstance(item, torch.Tensor) and item.ndim == 4:
+            raise ImageError("a list entry is a 4-D batch tensor; pass the batch itself or a list of (C, H, W) images")
+    return list(items)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(3, H, W) float in [0, 1] -> 8-bit RGB ``PIL.Image`` (rounded, not truncated)."""
+    array = (image.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())  # (3, H, W) -> (H, W, 3)
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike) -> None:
+    to_pil(image).save(path)

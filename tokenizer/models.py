@@ -1,0 +1,161 @@
+"""The three model families on tensors in [-1, 1]: VQ tokenizer, KL VAE, plain autoencoder.
+
+These are the ``nn.Module``s that train and that checkpoints hold. ``tokenizer.api`` wraps them with the
+image-in / ids-out interface users call.
+
+Axis letters: B batch, H/W image size, h/w latent grid (H/f, W/f), D latent channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .blocks import Decoder, Encoder
+from .config import AEConfig, AutoencoderConfig, KLConfig, VQConfig
+from .quantizer import QuantizerOutput, VectorQuantizer
+
+
+class DiagonalGaussian:
+    """q(z|x) = N(mean, diag(exp(logvar))) (Kingma & Welling 2014)."""
+
+    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor):
+        self.mean = mean  # (B, D, h, w)
+        self.logvar = logvar  # (B, D, h, w)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        # Reparameterisation trick (Kingma & Welling 2014, sec. 2.4): z = mu + sigma * eps keeps z
+        # differentiable in mu and sigma.
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || N(0, I)) per sample, summed over latent dims (Kingma & Welling 2014, appendix B)."""
+        mean, logvar = self.mean.float(), self.logvar.float()
+        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3))  # (B,)
+
+
+@dataclass
+class VQModelOutput:
+    reconstruction: torch.Tensor  # (B, 3, H, W) in [-1, 1] (unclamped)
+    quantizer: QuantizerOutput
+
+
+@dataclass
+class KLModelOutput:
+    reconstruction: torch.Tensor  # (B, 3, H, W)
+    posterior: DiagonalGaussian
+    kl: torch.Tensor  # (B,)
+
+
+@dataclass
+class AEModelOutput:
+    reconstruction: torch.Tensor  # (B, 3, H, W)
+    latents: torch.Tensor  # (B, D, h, w)
+
+
+class _Autoencoder(nn.Module):
+    """Encoder and decoder around a bottleneck of ``bottleneck_channels``."""
+
+    config: AutoencoderConfig
+
+    def __init__(self, config: AutoencoderConfig, encoder_channels: int, bottleneck_channels: int):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.encoder = Encoder(config, encoder_channels)
+        self.decoder = Decoder(config, config.latent_channels)
+        if config.use_quant_conv:
+            self.quant_conv = nn.Conv2d(encoder_channels, bottleneck_channels, 1)
+            self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+        else:
+            self.quant_conv = nn.Identity()
+            self.post_quant_conv = nn.Identity()
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) bottleneck latents -> (B, 3, h*f, w*f) image in about [-1, 1]."""
+        return self.decoder(self.post_quant_conv(z))
+
+
+class VQModel(_Autoencoder):
+    """Encoder -> VectorQuantizer -> decoder (VQ-VAE; VQGAN's generator)."""
+
+    def __init__(self, config: VQConfig):
+        super().__init__(config, config.z_channels, config.latent_channels)
+        self.quantizer = VectorQuantizer.from_config(config)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, D, h, w) continuous latents before quantization."""
+        return self.quant_conv(self.encoder(x))
+
+    def encode_ids(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, h, w) long ids."""
+        return self.quantizer.lookup(self.encode_latents(x))
+
+    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) ids -> (B, 3, H, W)."""
+        z = self.quantizer.latents_from_ids(ids)  # (B, D, h, w)
+        param = self.post_quant_conv.weight if self.config.use_quant_conv else self.decoder.conv_in.weight
+        return self.decode_latents(z.to(param.dtype))
+
+    def forward(self, x: torch.Tensor) -> VQModelOutput:
+        q = self.quantizer(self.encode_latents(x))
+        return VQModelOutput(self.decode_latents(q.quantized.to(x.dtype)), q)
+
+
+class KLModel(_Autoencoder):
+    """Encoder -> diagonal Gaussian posterior -> decoder (the LDM ``AutoencoderKL``)."""
+
+    def __init__(self, config: KLConfig):
+        # The encoder emits mean and log-variance stacked on channels ("double_z").
+        super().__init__(config, 2 * config.z_channels, 2 * config.latent_channels)
+
+    def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
+        moments = self.quant_conv(self.encoder(x))  # (B, 2D, h, w)
+        mean, logvar = moments.chunk(2, dim=1)  # (B, D, h, w) each
+        low, high = self.config.logvar_clamp
+        return DiagonalGaussian(mean, logvar.clamp(low, high))
+
+    def forward(self, x: torch.Tensor, sample: bool = True) -> KLModelOutput:
+        post = self.posterior(x)
+        z = post.sample() if sample else post.mode()
+        return KLModelOutput(self.decode_latents(z), post, post.kl())
+
+
+class AEModel(_Autoencoder):
+    """Deterministic autoencoder from the same blocks, no bottleneck regulariser."""
+
+    def __init__(self, config: AEConfig):
+        super().__init__(config, config.z_channels, config.latent_channels)
+
+    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> AEModelOutput:
+        z = self.encode_latents(x)
+        return AEModelOutput(self.decode_latents(z), z)
+
+
+MODEL_CLASSES: dict[str, type[_Autoencoder]] = {"vq": VQModel, "kl": KLModel, "ae": AEModel}
+
+
+def build_model(config: AutoencoderConfig) -> _Autoencoder:
+    """The module for a config of any family."""
+    return MODEL_CLASSES[config.model_type](config)

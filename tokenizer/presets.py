@@ -1,0 +1,117 @@
+"""Named model presets: the one registry that ``from_preset``, ``python -m train --preset`` and the tests read.
+
+Each preset is a small factory returning a fresh config (DiT-style name -> constructor dict).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .config import AEConfig, AutoencoderConfig, ConfigError, KLConfig, VQConfig
+
+
+def vq_f8() -> VQConfig:
+    # LDM f8 widths with LlamaGen's codebook recipe: 16384 codes of 8 l2-normalised dims
+    # (LlamaGen, Sun et al. 2024, table 2: 8-dim codes keep usage near 100%).
+    return VQConfig(
+        base_channels=128, channel_mult=(1, 2, 2, 4), layers_per_block=2, z_channels=256,
+        latent_channels=8, codebook_size=16384, l2_normalize=True,
+    )
+
+
+def vq_f16() -> VQConfig:
+    # LlamaGen's VQ-16 layout: five levels, attention only in the mid block.
+    return VQConfig(
+        base_channels=128, channel_mult=(1, 1, 2, 2, 4), layers_per_block=2, z_channels=256,
+        latent_channels=8, codebook_size=16384, l2_normalize=True,
+    )
+
+
+def vq_f4() -> VQConfig:
+    return VQConfig(
+        base_channels=128, channel_mult=(1, 2, 4), layers_per_block=2, z_channels=256,
+        latent_channels=8, codebook_size=8192, l2_normalize=True,
+    )
+
+
+def vq_f8_cpu() -> VQConfig:
+    # The bundled default tokenizer: narrow enough to train on a 2-core CPU in about an hour,
+    # no attention (quadratic in positions, and little gain at this width). See model_cards/.
+    return VQConfig(
+        base_channels=32, channel_mult=(1, 2, 2, 4), layers_per_block=1, z_channels=64,
+        latent_channels=64, code_dim=8, codebook_size=4096, l2_normalize=True,
+        mid_attention=False, norm_groups=8, kmeans_init=True, dead_code_threshold=0.05,
+    )
+
+
+def kl_f8() -> KLConfig:
+    # The Stable Diffusion VAE layout (LDM, Rombach et al. 2022): 4 latent channels at f8.
+    return KLConfig(
+        base_channels=128, channel_mult=(1, 2, 4, 4), layers_per_block=2, z_channels=4,
+        latent_channels=4, scaling_factor=0.18215,
+    )
+
+
+def kl_f8_c16() -> KLConfig:
+    # 16 latent channels as in the newer VAEs (SD3, FLUX): more bits, far better reconstructions.
+    return KLConfig(
+        base_channels=128, channel_mult=(1, 2, 4, 4), layers_per_block=2, z_channels=16,
+        latent_channels=16,
+    )
+
+
+def kl_f8_cpu() -> KLConfig:
+    # The bundled default VAE: same trunk as vq-f8-cpu, 4 latent channels.
+    return KLConfig(
+        base_channels=32, channel_mult=(1, 2, 2, 4), layers_per_block=1, z_channels=4,
+        latent_channels=4, mid_attention=False, norm_groups=8,
+    )
+
+
+def ae_f8() -> AEConfig:
+    return AEConfig(
+        base_channels=128, channel_mult=(1, 2, 4, 4), layers_per_block=2, z_channels=4, latent_channels=4
+    )
+
+
+# Tiny presets: a few thousand parameters, for tests and smoke runs.
+_TINY = dict(base_channels=8, channel_mult=(1, 2), layers_per_block=1, norm_groups=4, z_channels=4,
+             latent_channels=4)
+
+
+def vq_tiny() -> VQConfig:
+    return VQConfig(**_TINY, codebook_size=64, l2_normalize=True)
+
+
+def kl_tiny() -> KLConfig:
+    return KLConfig(**_TINY)
+
+
+def ae_tiny() -> AEConfig:
+    return AEConfig(**_TINY)
+
+
+PRESETS: dict[str, Callable[[], AutoencoderConfig]] = {
+    "vq-f4": vq_f4,
+    "vq-f8": vq_f8,
+    "vq-f16": vq_f16,
+    "vq-f8-cpu": vq_f8_cpu,
+    "vq-tiny": vq_tiny,
+    "kl-f8": kl_f8,
+    "kl-f8-c16": kl_f8_c16,
+    "kl-f8-cpu": kl_f8_cpu,
+    "kl-tiny": kl_tiny,
+    "ae-f8": ae_f8,
+    "ae-tiny": ae_tiny,
+}
+
+
+def get_preset(name: str) -> AutoencoderConfig:
+    """A fresh config for a registered preset name."""
+    try:
+        factory = PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+    config = factory()
+    config.validate()
+    return config

@@ -1,0 +1,316 @@
+"""Vector quantizer: nearest-code lookup with a straight-through gradient.
+
+VQ-VAE (van den Oord et al. 2017) with the options that keep large codebooks alive:
+factorised low-dimensional codes and l2-normalised (cosine) lookup (ViT-VQGAN, Yu et al. 2021, sec. 3.2;
+LlamaGen, Sun et al. 2024), EMA codebook updates (VQ-VAE appendix A.1), dead-code restart from encoder
+outputs (Jukebox, Dhariwal et al. 2020) and k-means initialisation (SoundStream, Zeghidour et al. 2021).
+
+All maths here runs in fp32 with autocast off: argmin over bf16 distances flips codes, and EMA sums in
+bf16 drift. Distances use ||x||^2 - 2 x.e + ||e||^2 computed chunk by chunk, so memory holds at most a
+(chunk, K) matrix and never an (N, K, D) tensor. Under ``torch.distributed`` every statistic that
+changes the codebook (EMA counts and sums, usage, restart samples, k-means) is reduced or broadcast so
+that all ranks keep an identical codebook.
+
+Axis letters: B batch, D latent channels, h/w grid, N = B*h*w vectors, K codes, E code dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import VQConfig
+
+# Elements of one (chunk, K) distance block: 2**24 fp32 = 64 MiB whatever N is.
+DISTANCE_BLOCK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class QuantizerOutput:
+    """What one quantizer forward returns.
+
+    quantized: (B, D, h, w) codes with the straight-through gradient attached (what the decoder sees).
+    indices: (B, h, w) long code ids.
+    loss: codebook_loss_weight * codebook_loss + beta * commitment_loss (VQ-VAE eq. 3).
+    codebook_loss: ||sg(z_e) - z_q||^2 (zero when the codebook learns by EMA).
+    commitment_loss: ||z_e - sg(z_q)||^2.
+    perplexity: exp(entropy) of this batch's code histogram (all ranks).
+    usage: share of the K codes used at least once in this batch (all ranks).
+    """
+
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    perplexity: torch.Tensor
+    usage: torch.Tensor
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _broadcast(t: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.broadcast(t, src=0)
+    return t
+
+
+def nearest_code(x: torch.Tensor, codebook: torch.Tensor, block: int = DISTANCE_BLOCK_ELEMENTS) -> torch.Tensor:
+    """Index of the nearest code (squared Euclidean) for each row of ``x``.
+
+    Args:
+        x: (N, E) fp32 vectors.
+        codebook: (K, E) fp32 codes.
+        block: largest number of distance entries held at once.
+    Returns:
+        (N,) long ids.
+    """
+    num_codes = codebook.shape[0]
+    code_sq = codebook.pow(2).sum(dim=1)  # (K,)
+    rows = max(1, block // num_codes)
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    for start in range(0, x.shape[0], rows):
+        chunk = x[start : start + rows]  # (n, E)
+        # ||x||^2 is constant per row, so argmin(||e||^2 - 2 x.e) is the nearest code.
+        dist_block = torch.addmm(code_sq, chunk, codebook.t(), beta=1.0, alpha=-2.0)  # (n, K)
+        out[start : start + rows] = dist_block.argmin(dim=1)
+    return out
+
+
+class VectorQuantizer(nn.Module):
+    """Maps (B, D, h, w) latents to their nearest codes.
+
+    Args:
+        dim: channels D of the latents it quantizes.
+        codebook_size: K.
+        code_dim: E; when set and different from D, codes live in E dimensions behind linear in/out
+            projections (factorised codes, ViT-VQGAN).
+        l2_normalize: l2-normalise inputs and codes before the lookup (cosine similarity).
+        beta: commitment weight (VQ-VAE eq. 3).
+        codebook_loss_weight: weight of the codebook term (ignored with EMA updates).
+        use_ema: learn the codebook by exponential moving averages of assigned vectors.
+        ema_decay, ema_epsilon: EMA decay and Laplace smoothing of the cluster sizes.
+        dead_code_threshold: restart a code whose bias-corrected EMA assignment count per step falls
+            below this (0 disables restarts).
+        usage_decay: decay of that per-code usage statistic.
+        kmeans_init, kmeans_iters: k-means initialisation on the first training batch.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        *,
+        code_dim: int | None = None,
+        l2_normalize: bool = True,
+        beta: float = 0.25,
+        codebook_loss_weight: float = 1.0,
+        use_ema: bool = False,
+        ema_decay: float = 0.99,
+        ema_epsilon: float = 1e-5,
+        dead_code_threshold: float = 0.0,
+        usage_decay: float = 0.99,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.code_dim = code_dim or dim
+        self.l2_normalize = l2_normalize
+        self.beta = beta
+        self.codebook_loss_weight = codebook_loss_weight
+        self.use_ema = use_ema
+        self.ema_decay = ema_decay
+        self.ema_epsilon = ema_epsilon
+        self.dead_code_threshold = dead_code_threshold
+        self.usage_decay = usage_decay
+        self.kmeans_iters = kmeans_iters
+
+        factorised = self.code_dim != dim
+        self.in_proj = nn.Linear(dim, self.code_dim) if factorised else nn.Identity()
+        self.out_proj = nn.Linear(self.code_dim, dim) if factorised else nn.Identity()
+
+        init = torch.randn(codebook_size, self.code_dim)
+        if l2_normalize:
+            init = F.normalize(init, dim=1)
+        else:
+            init = init.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)  # as VQ-VAE / taming
+        if use_ema:
+            self.register_buffer("codebook", init)
+            self.register_buffer("ema_cluster_size", torch.ones(codebook_size))
+            self.register_buffer("ema_embed_sum", init.clone())
+        else:
+            self.codebook = nn.Parameter(init)
+        # Per-code EMA of assignments per step, and the number of steps it has seen (for bias correction).
+        self.register_buffer("usage", torch.zeros(codebook_size))
+        self.register_buffer("usage_steps", torch.zeros((), dtype=torch.long))
+        # 0 until k-means has run (only read when kmeans_init is on).
+        self.register_buffer("initialized", torch.tensor(0 if kmeans_init else 1, dtype=torch.long))
+
+    @classmethod
+    def from_config(cls, config: VQConfig) -> "VectorQuantizer":
+        return cls(
+            config.latent_channels,
+            config.codebook_size,
+            code_dim=config.code_dim,
+            l2_normalize=config.l2_normalize,
+            beta=config.commitment_beta,
+            codebook_loss_weight=config.codebook_loss_weight,
+            use_ema=config.use_ema,
+            ema_decay=config.ema_decay,
+            ema_epsilon=config.ema_epsilon,
+            dead_code_threshold=config.dead_code_threshold,
+            usage_decay=config.usage_decay,
+            kmeans_init=config.kmeans_init,
+            kmeans_iters=config.kmeans_iters,
+        )
+
+    # --- lookups ----------------------------------------------------------------------------------
+    def codes(self) -> torch.Tensor:
+        """(K, E) fp32 codes as used for lookup (unit norm when l2_normalize)."""
+        codebook = self.codebook.float()
+        return F.normalize(codebook, dim=1) if self.l2_normalize else codebook
+
+    def project_in(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) latents -> (N, E) fp32 lookup vectors."""
+        flat = rearrange(z.float(), "b d h w -> (b h w) d")  # (N, D)
+        x = self.in_proj(flat)  # (N, E)
+        return F.normalize(x, dim=1) if self.l2_normalize else x
+
+    @torch.no_grad()
+    def lookup(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) latents -> (B, h, w) ids, without the training-time side effects."""
+        with torch.autocast(z.device.type, enabled=False):
+            ids = nearest_code(self.project_in(z), self.codes())  # (N,)
+        return rearrange(ids, "(b h w) -> b h w", b=z.shape[0], h=z.shape[2])
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids of any shape (...) -> latent vectors (..., D) as the decoder receives them."""
+        with torch.autocast(ids.device.type, enabled=False):
+            return self.out_proj(F.embedding(ids, self.codes()))
+
+    def latents_from_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) ids -> (B, D, h, w) latents."""
+        return rearrange(self.embed(ids), "b h w d -> b d h w")
+
+    # --- forward ----------------------------------------------------------------------------------
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        batch, _, height, width = z.shape
+        with torch.autocast(z.device.type, enabled=False):
+            x = self.project_in(z)  # (N, E) fp32
+            if self.training and not bool(self.initialized):
+                self._kmeans_init(x.detach())
+            codes = self.codes()  # (K, E)
+            with torch.no_grad():
+                ids = nearest_code(x.detach(), codes)  # (N,)
+            q = F.embedding(ids, codes)  # (N, E); carries the codebook's gradient unless EMA
+
+            # VQ-VAE eq. 3: the codebook term moves codes towards encoder outputs, the commitment term
+            # keeps encoder outputs near their codes. With EMA the codebook learns without a gradient.
+            commitment = F.mse_loss(x, q.detach())
+            codebook_loss = F.mse_loss(q, x.detach()) if not self.use_ema else x.new_zeros(())
+            loss = self.codebook_loss_weight * codebook_loss + self.beta * commitment
+
+            counts = torch.bincount(ids, minlength=self.codebook_size).float()  # (K,)
+            if self.training:
+                counts = _all_reduce_sum(counts)
+                with torch.no_grad():
+                    if self.use_ema:
+                        self._ema_update(x.detach(), ids, counts)
+                    self._track_usage_and_restart(x.detach(), counts)
+            probs = counts / counts.sum().clamp_min(1.0)
+            perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
+            usage = (counts > 0).float().mean()
+
+            # Straight-through estimator (VQ-VAE sec. 3.1): the forward pass uses the code q, the
+            # backward pass copies the decoder's gradient to x unchanged, z_q = z_e + sg(z_q - z_e).
+            st = x + (q - x).detach() if x.requires_grad else q
+            out = self.out_proj(st)  # (N, D)
+        quantized = rearrange(out, "(b h w) d -> b d h w", b=batch, h=height, w=width)  # (B, D, h, w)
+        indices = rearrange(ids, "(b h w) -> b h w", b=batch, h=height, w=width)  # (B, h, w)
+        return QuantizerOutput(quantized, indices, loss, codebook_loss, commitment, perplexity, usage)
+
+    # --- codebook maintenance (no gradient, fp32, synchronised across ranks) -----------------------
+    def _set_codes(self, rows: torch.Tensor | slice, values: torch.Tensor) -> None:
+        self.codebook.data[rows] = values.to(self.codebook.dtype)
+
+    @torch.no_grad()
+    def _ema_update(self, x: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> None:
+        # VQ-VAE appendix A.1: N_k <- g N_k + (1-g) n_k, m_k <- g m_k + (1-g) sum_i x_i, e_k = m_k / N_k.
+        embed_sum = torch.zeros_like(self.ema_embed_sum).index_add_(0, ids, x)  # (K, E)
+        embed_sum = _all_reduce_sum(embed_sum)
+        self.ema_cluster_size.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
+        self.ema_embed_sum.mul_(self.ema_decay).add_(embed_sum, alpha=1 - self.ema_decay)
+        # Laplace smoothing keeps unused codes from dividing by zero.
+        total = self.ema_cluster_size.sum()
+        smoothed = (self.ema_cluster_size + self.ema_epsilon) / (
+            total + self.codebook_size * self.ema_epsilon
+        ) * total  # (K,)
+        self._set_codes(slice(None), self.ema_embed_sum / smoothed[:, None])
+
+    @torch.no_grad()
+    def _track_usage_and_restart(self, x: torch.Tensor, counts: torch.Tensor) -> None:
+        self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+        self.usage_steps += 1
+        if self.dead_code_threshold <= 0:
+            return
+        # Bias-corrected like Adam's moments, so a fresh statistic is not all "dead" on step one.
+        corrected = self.usage / (1 - self.usage_decay ** self.usage_steps.item())
+        dead = torch.nonzero(corrected < self.dead_code_threshold).squeeze(1)  # identical on all ranks
+        if dead.numel() == 0:
+            return
+        # Re-seed dead codes with encoder outputs of this batch (rank 0's, broadcast to all ranks).
+        pick = torch.randint(0, x.shape[0], (dead.numel(),), device=x.device)
+        samples = _broadcast(x[pick].contiguous())  # (n_dead, E)
+        self._set_codes(dead, samples)
+        # A grace period: a restarted code starts with the mean usage, not below the threshold.
+        self.usage[dead] = self.usage.mean()
+        if self.use_ema:
+            self.ema_cluster_size[dead] = 1.0
+            self.ema_embed_sum[dead] = samples
+
+    @torch.no_grad()
+    def _kmeans_init(self, x: torch.Tensor) -> None:
+        """Lloyd's k-means on the first batch (spherical when l2_normalize), computed on rank 0."""
+        k = self.codebook_size
+        pick = torch.randperm(x.shape[0], device=x.device)[:k]
+        if pick.numel() < k:  # fewer vectors than codes: sample the rest with replacement
+            extra = torch.randint(0, x.shape[0], (k - pick.numel(),), device=x.device)
+            pick = torch.cat([pick, extra])
+        centers = x[pick].clone()  # (K, E)
+        for _ in range(self.kmeans_iters):
+            ids = nearest_code(x, centers)
+            sums = torch.zeros_like(centers).index_add_(0, ids, x)  # (K, E)
+            sizes = torch.bincount(ids, minlength=k).float()  # (K,)
+            filled = sizes > 0  # empty clusters keep their centre
+            centers[filled] = sums[filled] / sizes[filled, None]
+            if self.l2_normalize:
+                centers = F.normalize(centers, dim=1)
+        centers = _broadcast(centers.contiguous())
+        self._set_codes(slice(None), centers)
+        if self.use_ema:
+            self.ema_embed_sum.copy_(centers)
+            self.ema_cluster_size.fill_(1.0)
+        self.initialized.fill_(1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, codebook_size={self.codebook_size}, code_dim={self.code_dim}, "
+            f"l2_normalize={self.l2_normalize}, ema={self.use_ema}, "
+            f"bits_per_token={math.log2(self.codebook_size):.2f}"
+        )
