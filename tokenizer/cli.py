@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -25,14 +24,6 @@ def _load(args, kind: str | None = None):
     if kind == "kl":
         return ImageVAE.from_pretrained(args.model, device=args.device)
     return load_any(args.model, device=args.device)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two [0, 1] images after 8-bit rounding (how the saved files compare)."""
-    a8 = (a.float().clamp(0, 1) * 255).round()
-    b8 = (b.float().clamp(0, 1) * 255).round()
-    mse = torch.mean((a8 - b8) ** 2).item()
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def cmd_encode(args) -> int:
@@ -63,6 +54,7 @@ def cmd_decode(args) -> int:
 def cmd_reconstruct(args) -> int:
     from .api import ImageTokenizer
     from .image_io import read_image, save_image
+    from .metrics import psnr
 
     model = _load(args)
     image = read_image(args.image)
@@ -75,7 +67,7 @@ def cmd_reconstruct(args) -> int:
         what = f"grid {h}x{w} tokens (vocab {model.vocab_size}), {bpp:.4f} bits per pixel"
     else:
         what = f"latent {model.latent_channels}x{h}x{w} (continuous)"
-    print(f"{args.image}: {width}x{height}, {what}, PSNR {psnr(image, recon):.2f} dB -> {args.output}")
+    print(f"{args.image}: {width}x{height}, {what}, PSNR {float(psnr(image, recon)):.2f} dB -> {args.output}")
     return 0
 
 
