@@ -13,6 +13,7 @@ from .models import AEModel, DiagonalGaussian, KLModel, VQModel, build_model
 from .presets import PRESETS, get_preset
 from .pretrained import WeightsError
 from .quantizer import QuantizerOutput, VectorQuantizer
+from .sequence import Segment, SequenceError, TokenLayout
 
 __version__ = "0.1.0"
 # A marker that distinguishes this package from unrelated PyPI packages also imported as `tokenizer`.
@@ -38,5 +39,8 @@ __all__ = [
     "get_preset",
     "QuantizerOutput",
     "VectorQuantizer",
+    "TokenLayout",
+    "Segment",
+    "SequenceError",
     "__version__",
 ]
