@@ -1,0 +1,173 @@
+"""Training configuration: one dataclass, saved as ``train_config.json`` beside each run.
+
+``--set key=value`` overrides any field here, and ``--set model.<field>=value`` any field of the model
+config (e.g. ``--set model.codebook_size=16384``). Values are parsed as JSON when they parse, else kept as
+strings, so ``--set l1_weight=0.5``, ``--set amp=bf16`` and ``--set model.channel_mult=[1,2,4]`` all work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenizer.config import AutoencoderConfig, ConfigError
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "vq-f8"
+    data: list[str] = field(default_factory=list)  # folders, globs or text files listing image paths
+    val_data: list[str] = field(default_factory=list)
+    out: str = "runs/run"
+    seed: int = 0
+
+    # --- optimisation ---
+    steps: int = 100_000
+    batch_size: int = 16  # per rank
+    crop_size: int = 256
+    lr: float = 1e-4  # AdamW; VQGAN/LlamaGen use 1e-4 at batch 128 without warmup-sensitivity
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # EMA copy of the weights, exported at the end (DiT/LlamaGen practice)
+    ema_start: int = 0
+
+    # --- data ---
+    # Random rescale: the image's short side is resized to a value drawn between crop_size and
+    # min(its own short side, max_short_side) before the random crop (scale augmentation).
+    max_short_side: int = 1024
+    hflip: bool = True
+    cache_images: bool = True  # keep decoded uint8 images in RAM (small photo sets; saves decode time)
+    num_workers: int = 0
+    # Denoising-autoencoder corruption of the input (Vincent et al. 2008); the target stays clean.
+    denoise_mask_ratio: float = 0.0  # share of 8x8 patches zeroed (set to mid-grey) in the input
+    denoise_noise_std: float = 0.0  # Gaussian noise std added to the input, in [0, 1] units
+
+    # --- losses ---
+    l1_weight: float = 1.0
+    l2_weight: float = 0.0
+    perceptual_weight: float = 0.0
+    perceptual_net: str = "alex"  # "alex" or "vgg"; LPIPS if its weights load, else shift-tolerant LPIPS
+    kl_weight: float = 1e-6  # per-element KL weight; equals LDM's kl_weight for its sum-normalised losses
+    entropy_weight: float = 0.0  # codebook entropy regulariser (MaskGIT/MAGVIT-v2 style)
+    entropy_temperature: float = 0.01
+    gan_weight: float = 0.0
+    gan_start: int = 0  # step from which the adversarial loss is on (VQGAN's disc_start)
+    gan_loss: str = "hinge"  # "hinge" or "non_saturating"
+    adaptive_weight_max: float = 1e4  # clamp of ||grad L_rec|| / ||grad L_gan|| (VQGAN eq. 7)
+    disc_lr: float = 1e-4
+    disc_channels: int = 64
+    disc_layers: int = 3
+    lecam_weight: float = 0.0  # LeCam regularisation (Tseng et al. 2021)
+    lecam_decay: float = 0.999
+
+    # --- engine ---
+    amp: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with bf16 support), "bf16", "none"
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads (0 = torch default)
+
+    # --- bookkeeping ---
+    log_every: int = 20
+    ckpt_every: int = 500
+    sample_every: int = 1000
+    eval_every: int = 1000
+    eval_images: int = 16
+    max_minutes: float = 0.0  # stop (checkpoint + export) after this wall time; 0 = no limit
+
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's model config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training config field(s) {unknown}")
+        data = dict(data)
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def apply_overrides(self, items: list[str]) -> None:
+        """Apply ``key=value`` strings; ``model.key=value`` goes to the model overrides."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for item in items:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected key=value")
+            key, raw = item.split("=", 1)
+            value = _parse_value(raw)
+            if key.startswith("model."):
+                self.model[key[len("model."):]] = value
+                continue
+            if key not in fields or key == "model":
+                raise ConfigError(f"--set {key}: unknown training config field; known: {sorted(fields)}")
+            current = getattr(self, key)
+            if isinstance(current, tuple):
+                value = tuple(value)
+            elif isinstance(current, list) and not isinstance(value, list):
+                value = [value]
+            elif isinstance(current, bool) and not isinstance(value, bool):
+                raise ConfigError(f"--set {key}={raw}: expected true or false")
+            elif isinstance(current, float) and isinstance(value, int):
+                value = float(value)
+            elif type(current) in (int, float, str) and not isinstance(value, type(current)):
+                raise ConfigError(f"--set {key}={raw}: expected a {type(current).__name__}")
+            setattr(self, key, value)
+
+    def model_config(self) -> AutoencoderConfig:
+        from tokenizer.presets import get_preset
+
+        base = get_preset(self.preset)
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
+        known = {f.name for f in dataclasses.fields(base)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s) {unknown} for preset {self.preset!r}")
+        return base.replace(**overrides) if overrides else base
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def smoke(config: TrainConfig) -> TrainConfig:
+    """Shrink everything so the whole pipeline runs in well under a minute on a CPU."""
+    config.steps = min(config.steps, 12)
+    config.batch_size = 2
+    config.crop_size = 32
+    config.warmup_steps = 2
+    config.log_every = 2
+    config.ckpt_every = 6
+    config.sample_every = 6
+    config.eval_every = 6
+    config.eval_images = 2
+    config.max_short_side = 64
+    config.model = {
+        "base_channels": 8, "channel_mult": [1, 2], "layers_per_block": 1, "norm_groups": 4,
+        "attn_levels": [], **({"codebook_size": 64} if config.preset.startswith("vq") else {}),
+        **{k: v for k, v in config.model.items() if k not in ("base_channels", "channel_mult", "layers_per_block")},
+    }
+    if config.gan_weight > 0:
+        config.gan_start = min(config.gan_start, 4)
+        config.disc_channels = 8
+        config.disc_layers = 2
+    return config

@@ -1,0 +1,161 @@
+"""Training images: recursive folders, globs or list files -> random rescaled crops with flips.
+
+Every crop is a pure function of (seed, rank, step, slot): a resumed run draws exactly the crops the
+uninterrupted run would have drawn, with any number of loader workers.
+"""
+
+from __future__ import annotations
+
+import glob
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from tokenizer.image_io import ImageError, read_image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def list_images(sources: list[str]) -> list[str]:
+    """Sorted image paths from folders (recursive), glob patterns, or text files with one path per line."""
+    paths: list[str] = []
+    for source in sources:
+        p = Path(source)
+        if p.is_dir():
+            paths += [str(q) for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()]
+        elif p.is_file() and p.suffix.lower() in (".txt", ".lst", ".list"):
+            base = p.parent
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    q = Path(line)
+                    paths.append(str(q if q.is_absolute() else base / q))
+        elif p.is_file():
+            paths.append(str(p))
+        else:
+            matches = sorted(glob.glob(source, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"--data {source}: no such folder, list file or matching glob")
+            paths += [m for m in matches if Path(m).suffix.lower() in IMAGE_SUFFIXES]
+    paths = sorted(set(paths))
+    if not paths:
+        raise FileNotFoundError(f"--data {sources}: no images found (looked for {sorted(IMAGE_SUFFIXES)})")
+    return paths
+
+
+class RandomCrops(Dataset):
+    """Item (step, slot) -> one (3, S, S) float crop in [0, 1], deterministic in (seed, rank, step, slot).
+
+    The image's short side is resized to a size drawn in [S, min(short side, max_short_side)] (scale
+    augmentation, downscaling only), then an S x S crop is taken at a random place and flipped at random.
+    Unreadable files are reported once and skipped.
+    """
+
+    def __init__(self, paths: list[str], crop_size: int, seed: int = 0, rank: int = 0,
+                 max_short_side: int = 1024, hflip: bool = True, cache: bool = True):
+        self.paths = list(paths)
+        self.crop_size = crop_size
+        self.seed, self.rank = seed, rank
+        self.max_short_side = max_short_side
+        self.hflip = hflip
+        self.cache = cache
+        self._images: dict[int, torch.Tensor] = {}
+        self.bad: set[int] = set()
+
+    def __len__(self) -> int:  # conceptually infinite; the sampler decides how many items are drawn
+        return len(self.paths)
+
+    def _load(self, index: int) -> torch.Tensor | None:
+        if index in self._images:
+            return self._images[index]
+        if index in self.bad:
+            return None
+        try:
+            image = (read_image(self.paths[index]) * 255).round().to(torch.uint8)  # (3, H, W)
+        except (ImageError, OSError) as err:
+            self.bad.add(index)
+            print(f"[data] skipping unreadable image {self.paths[index]}: {err}", file=sys.stderr)
+            return None
+        if self.cache:
+            self._images[index] = image
+        return image
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        step, slot = key
+        g = torch.Generator().manual_seed(hash((self.seed, self.rank, step, slot)) & 0x7FFF_FFFF_FFFF)
+        for _ in range(len(self.paths) + 10):
+            image = self._load(int(torch.randint(len(self.paths), (1,), generator=g)))
+            if image is not None:
+                return self._crop(image, g)
+        raise RuntimeError(f"no readable training image among {len(self.paths)} files")
+
+    def _crop(self, image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        s = self.crop_size
+        _, height, width = image.shape
+        short = min(height, width)
+        if short < s:  # small images are upscaled so that a crop fits
+            scale = s / short
+        else:
+            hi = max(s, min(short, self.max_short_side))
+            target = s + float(torch.rand((), generator=g)) * (hi - s)
+            scale = target / short
+        # Crop the source region first and resize only it (cheap for large photos).
+        src = min(max(1, round(s / scale)), height, width)
+        top = int(torch.randint(height - src + 1, (1,), generator=g))
+        left = int(torch.randint(width - src + 1, (1,), generator=g))
+        region = image[:, top : top + src, left : left + src].float()[None] / 255.0  # (1, 3, src, src)
+        if src != s:
+            region = F.interpolate(region, size=(s, s), mode="bicubic", antialias=src > s, align_corners=False)
+        crop = region[0].clamp(0, 1)  # (3, S, S)
+        if self.hflip and bool(torch.rand((), generator=g) < 0.5):
+            crop = crop.flip(-1)
+        return crop
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Yields batches of (step, slot) keys from ``start_step`` on: resume = start at the saved step."""
+
+    def __init__(self, start_step: int, total_steps: int, batch_size: int):
+        self.start, self.total, self.batch = start_step, total_steps, batch_size
+
+    def __iter__(self):
+        for step in range(self.start, self.total):
+            yield [(step, slot) for slot in range(self.batch)]
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+
+def corrupt(x: torch.Tensor, mask_ratio: float, noise_std: float, g: torch.Generator | None = None) -> torch.Tensor:
+    """Denoising-autoencoder input corruption (Vincent et al. 2008) of (B, 3, H, W) in [0, 1]."""
+    if mask_ratio > 0:
+        b, _, h, w = x.shape
+        keep = torch.rand(b, 1, (h + 7) // 8, (w + 7) // 8, generator=g) >= mask_ratio  # (B, 1, h8, w8)
+        keep = keep.repeat_interleave(8, 2).repeat_interleave(8, 3)[..., :h, :w].to(x.device)  # (B, 1, H, W)
+        x = torch.where(keep, x, torch.full_like(x, 0.5))
+    if noise_std > 0:
+        x = (x + noise_std * torch.randn(x.shape, generator=g).to(x.device)).clamp(0, 1)
+    return x
+
+
+def load_eval_images(sources: list[str], size: int, limit: int) -> torch.Tensor | None:
+    """Centre crops (short side resized to ``size``) of held-out images, (N, 3, size, size) in [0, 1]."""
+    if not sources:
+        return None
+    crops = []
+    for path in list_images(sources)[:limit]:
+        try:
+            image = read_image(path)[None]  # (1, 3, H, W)
+        except (ImageError, OSError) as err:
+            print(f"[data] skipping unreadable eval image {path}: {err}", file=sys.stderr)
+            continue
+        _, _, h, w = image.shape
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        image = F.interpolate(image, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        crops.append(image[0, :, top : top + size, left : left + size].clamp(0, 1))
+    return torch.stack(crops) if crops else None
