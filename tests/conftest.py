@@ -1,0 +1,41 @@
+"""Shared, generic fixtures. Test files keep their own specific fixtures to themselves."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# Make `tests/helpers_*.py` importable as plain modules (`from helpers_images import ...`).
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same RNG state, so a failure reproduces."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    """A fresh ``vq-tiny`` ImageTokenizer (f=2, 64 codes), in eval mode."""
+    from tokenizer import ImageTokenizer
+
+    return ImageTokenizer.from_preset("vq-tiny")
+
+
+@pytest.fixture
+def tiny_vae():
+    """A fresh ``kl-tiny`` ImageVAE (f=2, 4 latent channels), in eval mode."""
+    from tokenizer import ImageVAE
+
+    return ImageVAE.from_preset("kl-tiny")
+
+
+@pytest.fixture
+def saved_tiny_tokenizer(tiny_tokenizer, tmp_path):
+    """A ``vq-tiny`` model folder (config.json + model.safetensors) and the tokenizer it holds."""
+    folder = tiny_tokenizer.save_pretrained(tmp_path / "vq-tiny")
+    return folder, tiny_tokenizer
