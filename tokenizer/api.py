@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import AutoencoderConfig, ConfigError, KLConfig
-from .image_io import MAX_PIXELS, as_image_list
+from .image_io import as_image_list
 from .models import KLModel, VQModel, build_model
+from .model_card import ModelCardInfo, render_model_card
 from .presets import get_preset
-from .pretrained import load_folder, resolve_folder, save_folder
+from .pretrained import WeightsError, load_folder, resolve_folder, save_folder
 
 Size = tuple[int, int]
 
@@ -79,7 +80,14 @@ class _ImageModel(nn.Module):
             name_or_path, cls.model_type, revision=revision, subfolder=subfolder, cache_dir=cache_dir,
             token=token, local_files_only=local_files_only,
         )
-        wrapper = cls(load_folder(folder, expected_type=cls.model_type))
+        try:
+            model = load_folder(folder, expected_type=cls.model_type)
+        except (WeightsError, ConfigError) as err:
+            if name_or_path is None or Path(name_or_path).exists():
+                raise
+            # Downloaded: name the repo, not only the cache path the file landed in.
+            raise type(err)(f"Hub repo {name_or_path}" + (f"@{revision}" if revision else "") + f": {err}") from err
+        wrapper = cls(model)
         wrapper.source = str(name_or_path) if name_or_path is not None else "bundled"
         wrapper.folder = Path(folder)
         return wrapper.to(device=device, dtype=dtype)
@@ -91,9 +99,65 @@ class _ImageModel(nn.Module):
             quantizer.float()  # distances in fp32 whatever the weights' dtype
         return out
 
-    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (weights optionally stored as ``dtype``)."""
-        return save_folder(self.model, folder, dtype=dtype)
+    def save_pretrained(
+        self, folder: str | Path, dtype: torch.dtype | None = None, model_card: ModelCardInfo | str | bool = True
+    ) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (weights optionally stored as ``dtype``) + ``README.md``.
+
+        Args:
+            folder: created if missing; existing files of the same names are replaced.
+            dtype: storage dtype of the weights (the codebook stays fp32).
+            model_card: True renders a card from the config; a ``ModelCardInfo`` adds names, datasets and
+                metrics; a str is written as is; False writes no README.md.
+        """
+        folder = save_folder(self.model, folder, dtype=dtype)
+        if model_card is not False:
+            text = model_card if isinstance(model_card, str) else self.model_card(None if model_card is True else model_card)
+            (folder / "README.md").write_text(text, encoding="utf-8")
+        return folder
+
+    def model_card(self, info: ModelCardInfo | None = None) -> str:
+        """The model card (README.md text: Hub YAML metadata + description) for this model."""
+        return render_model_card(self.config, info, num_parameters=sum(p.numel() for p in self.model.parameters()))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool = False,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        model_card: ModelCardInfo | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        """Create the Hub repo if needed and upload config.json, model.safetensors and a README.md card.
+
+        Returns ``huggingface_hub.CommitInfo``: a str holding the commit URL, with ``.oid`` the commit sha
+        (pass it as ``revision=`` to ``from_pretrained`` to pin these exact weights).
+
+        Args:
+            repo_id: "namespace/name".
+            private: create the repo private.
+            commit_message: the commit's summary (default "Upload imgtok model").
+            revision: branch to push to (created from main if missing); default main.
+            token: as in ``huggingface_hub`` (default: the saved login or ``HF_TOKEN``).
+            model_card: a ``ModelCardInfo`` (e.g. with measured metrics) or a finished card; default: rendered
+                from the config.
+            dtype: storage dtype of the uploaded weights.
+        """
+        import dataclasses
+        import tempfile
+
+        from .hub import push_folder  # huggingface_hub is only imported when the Hub is used
+
+        if not isinstance(model_card, str):
+            info = model_card or ModelCardInfo()
+            model_card = self.model_card(dataclasses.replace(info, repo_id=info.repo_id or repo_id))
+        with tempfile.TemporaryDirectory(prefix="imgtok-push-") as tmp:
+            folder = self.save_pretrained(tmp, dtype=dtype, model_card=model_card)
+            return push_folder(
+                folder, repo_id, private=private, commit_message=commit_message, revision=revision, token=token,
+            )
 
     # --- properties -------------------------------------------------------------------------------
     @property
@@ -136,7 +200,7 @@ class _ImageModel(nn.Module):
 
     def _encode_images(self, image: Any, fn: Callable[[torch.Tensor], torch.Tensor]):
         """Apply ``fn`` to images grouped by size, in batches, and shape the result by the input's form."""
-        images, form = as_image_list(image, MAX_PIXELS)
+        images, form = as_image_list(image)
         results: list[torch.Tensor | None] = [None] * len(images)
         by_size: dict[Size, list[int]] = {}
         for i, img in enumerate(images):
@@ -165,7 +229,7 @@ class _ImageModel(nn.Module):
     @torch.no_grad()
     def reconstruct(self, image: Any):
         """Encode and decode; the output has the input's size and form, float in [0, 1]."""
-        images, form = as_image_list(image, MAX_PIXELS)
+        images, form = as_image_list(image)
         outs = []
         for img in images:
             code = self.encode(img)

@@ -8,6 +8,7 @@ orientation is applied. Anything else raises :class:`ImageError` naming the inpu
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +32,8 @@ def _describe(source: Any) -> str:
         return str(source)
     if isinstance(source, (torch.Tensor, np.ndarray)):
         return f"{type(source).__name__} of shape {tuple(source.shape)} and dtype {source.dtype}"
+    if isinstance(source, Image.Image):  # name the file it came from when PIL knows it
+        return getattr(source, "filename", "") or f"PIL image (mode {source.mode})"
     return type(source).__name__
 
 
@@ -59,8 +62,27 @@ def pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+def _pixel_limit(max_pixels: int | None) -> int:
+    # Read the module attribute at call time (not as a default argument), so that changing
+    # ``tokenizer.image_io.MAX_PIXELS`` takes effect everywhere, including through the API.
+    return MAX_PIXELS if max_pixels is None else max_pixels
+
+
+def _check_size(width: int, height: int, max_pixels: int | None, source: Any) -> None:
+    limit = _pixel_limit(max_pixels)
+    if width * height > limit:
+        raise ImageError(
+            f"{_describe(source)}: {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{limit} (decompression-bomb guard); resize it or raise max_pixels"
+        )
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
     """Decode an image file -> (3, H, W) float32 in [0, 1], EXIF orientation applied.
+
+    Args:
+        path: image file.
+        max_pixels: largest W*H accepted (default: ``MAX_PIXELS``).
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -69,23 +91,34 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.T
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
+    return _decode(path, path, max_pixels)
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> torch.Tensor:
+    """Decode an encoded image held in memory (e.g. a tar member) exactly as ``read_image`` decodes a file.
+
+    Args:
+        data: the file's bytes (PNG, JPEG, ...).
+        name: what to call the image in errors (e.g. ``shard.tar:key.jpg``).
+        max_pixels: largest W*H accepted (default: ``MAX_PIXELS``).
+    """
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(file: Path | io.BytesIO, name: Any, max_pixels: int | None) -> torch.Tensor:
+    """An open-able file or buffer -> (3, H, W) float32 in [0, 1]; every PIL failure becomes an ImageError."""
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of "
-                    f"{max_pixels} (decompression-bomb guard); resize it or raise max_pixels"
-                )
+        with Image.open(file) as image:
+            _check_size(*image.size, max_pixels, name)
             image.load()  # full decode here, so truncation raises now and not later
             image = ImageOps.exif_transpose(image)
             array = pil_to_array(image)
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageError(f"{path}: image too large ({err})") from err
+        raise ImageError(f"{name}: image too large ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for unknown/corrupt/truncated files
-        raise ImageError(f"{path}: cannot decode image ({err}); expected a valid PNG/JPEG/WebP/... file") from err
+        raise ImageError(f"{name}: cannot decode image ({err}); expected a valid PNG/JPEG/WebP/... file") from err
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
 
 
@@ -108,6 +141,8 @@ def _array_to_tensor(array: np.ndarray, source: Any) -> torch.Tensor:
 
 
 def _check_unit_range(t: torch.Tensor, source: Any) -> None:
+    if not torch.isfinite(t).all():  # NaN slips through min/max comparisons and poisons every id
+        raise ImageError(f"{_describe(source)}: float image contains NaN or infinite values")
     low, high = float(t.min()), float(t.max())
     if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
         hint = " (it looks like [-1, 1]; map it with (x + 1) / 2)" if low < -_RANGE_TOLERANCE else ""
@@ -152,11 +187,13 @@ def _tensor_to_float(t: torch.Tensor, source: Any) -> torch.Tensor:
     return _channels_to_rgb(t, source)
 
 
-def to_tensor(image: Any, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+def to_tensor(image: Any, max_pixels: int | None = None) -> torch.Tensor:
     """One image in any accepted form -> (3, H, W) float32 in [0, 1]; a 4-D tensor -> (B, 3, H, W)."""
     if isinstance(image, (str, os.PathLike)):
         return read_image(image, max_pixels)
     if isinstance(image, Image.Image):
+        # A PIL image from Image.open is not decoded yet: the guard still saves the decode.
+        _check_size(*image.size, max_pixels, image)
         return torch.from_numpy(np.ascontiguousarray(pil_to_array(ImageOps.exif_transpose(image)).transpose(2, 0, 1)))
     if isinstance(image, np.ndarray):
         return _array_to_tensor(image, image)
@@ -167,7 +204,7 @@ def to_tensor(image: Any, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     )
 
 
-def as_image_list(images: Any, max_pixels: int = MAX_PIXELS) -> tuple[list[torch.Tensor], str]:
+def as_image_list(images: Any, max_pixels: int | None = None) -> tuple[list[torch.Tensor], str]:
     """Normalise the input of ``encode`` into a list of (3, H, W) tensors and its form.
 
     The form is "single" (one image), "batch" (a 4-D tensor) or "list"; outputs mirror it.
