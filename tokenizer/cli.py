@@ -127,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list = []
 
 
+def _register_convert(sub) -> None:
+    from .interop.convert import add_convert_command  # imported lazily: keeps start-up light
+
+    add_convert_command(sub)
+
+
+_EXTRA_COMMANDS.append(_register_convert)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .image_io import ImageError

@@ -47,10 +47,27 @@ class AutoencoderConfig:
     # Use 1x1 quant_conv / post_quant_conv between encoder/decoder and the bottleneck (taming, LDM,
     # diffusers all have them; False gives a bottleneck fed directly by the encoder's conv_out).
     use_quant_conv: bool = True
+    # post_quant_conv on its own switch; None follows use_quant_conv. diffusers keeps the two apart
+    # (the SD3 / FLUX VAEs have neither conv).
+    use_post_quant_conv: bool | None = None
+    # Where the decoder starts: False = post_quant_conv maps latent_channels -> latent_channels and the
+    # decoder's conv_in reads latent_channels (imgtok's own presets); True = post_quant_conv maps
+    # latent_channels -> z_channels and conv_in reads z_channels, as taming, LDM, LlamaGen and diffusers'
+    # VQModel do (e.g. LlamaGen: 8-d codes -> 256 channels).
+    post_quant_to_z: bool = False
 
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def has_post_quant_conv(self) -> bool:
+        return self.use_quant_conv if self.use_post_quant_conv is None else self.use_post_quant_conv
+
+    @property
+    def decoder_in_channels(self) -> int:
+        """Channels the decoder's conv_in reads (the output of post_quant_conv)."""
+        return self.z_channels if self.post_quant_to_z else self.latent_channels
 
     def validate(self) -> None:
         if self.downsample_factor not in (1, 2, 4, 8, 16, 32):
@@ -62,6 +79,8 @@ class AutoencoderConfig:
                 )
         if not self.use_quant_conv and self.z_channels != self.latent_channels:
             raise ConfigError("use_quant_conv=False needs z_channels == latent_channels")
+        if not self.has_post_quant_conv and self.decoder_in_channels != self.latent_channels:
+            raise ConfigError("post_quant_to_z without a post_quant_conv needs z_channels == latent_channels")
         if self.base_channels <= 0 or self.layers_per_block < 1:
             raise ConfigError("base_channels must be > 0 and layers_per_block >= 1")
 

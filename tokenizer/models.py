@@ -73,13 +73,15 @@ class _Autoencoder(nn.Module):
         config.validate()
         self.config = config
         self.encoder = Encoder(config, encoder_channels)
-        self.decoder = Decoder(config, config.latent_channels)
-        if config.use_quant_conv:
-            self.quant_conv = nn.Conv2d(encoder_channels, bottleneck_channels, 1)
-            self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
-        else:
-            self.quant_conv = nn.Identity()
-            self.post_quant_conv = nn.Identity()
+        self.decoder = Decoder(config, config.decoder_in_channels)
+        self.quant_conv = (
+            nn.Conv2d(encoder_channels, bottleneck_channels, 1) if config.use_quant_conv else nn.Identity()
+        )
+        self.post_quant_conv = (
+            nn.Conv2d(config.latent_channels, config.decoder_in_channels, 1)
+            if config.has_post_quant_conv
+            else nn.Identity()
+        )
 
     @property
     def downsample_factor(self) -> int:
@@ -112,7 +114,7 @@ class VQModel(_Autoencoder):
     def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, h, w) ids -> (B, 3, H, W)."""
         z = self.quantizer.latents_from_ids(ids)  # (B, D, h, w)
-        param = self.post_quant_conv.weight if self.config.use_quant_conv else self.decoder.conv_in.weight
+        param = self.post_quant_conv.weight if self.config.has_post_quant_conv else self.decoder.conv_in.weight
         return self.decode_latents(z.to(param.dtype))
 
     def forward(self, x: torch.Tensor) -> VQModelOutput:

@@ -75,6 +75,12 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
 def load_folder(folder: str | Path, expected_type: str | None = None) -> torch.nn.Module:
     """Build the model a folder's ``config.json`` describes and load its ``model.safetensors`` strictly."""
     folder = Path(folder)
+    from .interop.diffusers import diffusers_folder  # lazy: interop imports this module
+
+    if diffusers_folder(folder) is not None:  # a diffusers AutoencoderKL/VQModel (or a pipeline's vae/)
+        from .interop.diffusers import load_diffusers_folder
+
+        return load_diffusers_folder(folder, expected_type).model
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder}: no {CONFIG_NAME}; expected an imgtok model folder")
@@ -131,7 +137,15 @@ def resolve_folder(
         return path / subfolder if subfolder else path
     from .hub import download_folder  # imported lazily: huggingface_hub is only needed for repo ids
 
-    return download_folder(
-        str(name_or_path), revision=revision, subfolder=subfolder, cache_dir=cache_dir, token=token,
-        local_files_only=local_files_only,
-    )
+    hub_kwargs = dict(revision=revision, subfolder=subfolder, cache_dir=cache_dir, token=token,
+                      local_files_only=local_files_only)
+    try:
+        return download_folder(str(name_or_path), **hub_kwargs)
+    except (OSError, WeightsError):
+        # Not an imgtok repo: maybe a diffusers autoencoder (or pipeline) repo; else the original error.
+        from .interop.hub_fetch import download_diffusers_folder
+
+        folder = download_diffusers_folder(str(name_or_path), **hub_kwargs)
+        if folder is None:
+            raise
+        return folder

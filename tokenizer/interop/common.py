@@ -1,0 +1,246 @@
+"""Shared pieces of the importers: renaming keys, reading weight files, inferring a config from shapes.
+
+Every importer turns another library's state dict into imgtok's key layout (taming's module names, see
+``tokenizer/blocks.py``) and then goes through the same strict path as our own folders: build the model
+from a config, check every key and shape (``check_state_dict``), load. A key no rule knows is refused by
+name, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import AutoencoderConfig, ConfigError, KLConfig, VQConfig
+from ..models import build_model
+from ..presets import PRESETS, get_preset
+from ..pretrained import WeightsError, check_state_dict, read_weights
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+SAFETENSORS_SUFFIX = ".safetensors"
+# Buffers of our quantizer that no other library has; a freshly built model's values are the right start.
+FRESH_BUFFERS = ("quantizer.usage", "quantizer.usage_steps", "quantizer.initialized")
+
+# A rule maps a foreign key to (our key, tensor transform) or returns None when it does not apply.
+Rule = Callable[[str], "tuple[str, Callable[[torch.Tensor], torch.Tensor] | None] | None"]
+
+
+@dataclass
+class Imported:
+    """An imported model and what the import did, for the CLI's report.
+
+    model: the loaded imgtok module (``VQModel`` / ``KLModel``), in eval mode.
+    source_format: "diffusers", "taming", "ldm" or "llamagen".
+    dropped: keys of the source that are not part of the autoencoder (losses, usage statistics).
+    notes: fields of the source that imgtok does not represent, said out loud.
+    """
+
+    model: torch.nn.Module
+    source_format: str
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def as_conv1x1(t: torch.Tensor) -> torch.Tensor:
+    """A Linear weight (C_out, C_in) as the equivalent 1x1 conv weight (C_out, C_in, 1, 1)."""
+    return t.reshape(*t.shape, 1, 1) if t.ndim == 2 else t
+
+
+def rename_state(
+    state: dict[str, torch.Tensor], rules: list[Rule], drop: tuple[str, ...], source: str, what: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Apply ``rules`` to every key; keys starting with a ``drop`` prefix are left out and listed.
+
+    Raises a WeightsError naming the first key that no rule maps (e.g. a quantizer type we lack).
+    """
+    out: dict[str, torch.Tensor] = {}
+    dropped: list[str] = []
+    for key in sorted(state):
+        if key.startswith(drop):
+            dropped.append(key)
+            continue
+        for rule in rules:
+            hit = rule(key)
+            if hit is not None:
+                new_key, transform = hit
+                value = state[key]
+                out[new_key] = transform(value) if transform is not None else value
+                break
+        else:
+            raise WeightsError(f"{source}: unsupported {what} layout: key {key!r} (shape "
+                               f"{tuple(state[key].shape)}) has no counterpart in imgtok")
+    return out, dropped
+
+
+def regex_rule(pattern: str, template: str | Callable[[re.Match], str],
+               transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Rule:
+    """A rule from a full-match regex and a replacement template (or a function of the match)."""
+    compiled = re.compile(pattern)
+
+    def rule(key: str):
+        m = compiled.fullmatch(key)
+        if m is None:
+            return None
+        new_key = template(m) if callable(template) else m.expand(template)
+        return new_key, transform
+
+    return rule
+
+
+# --- reading weight files -------------------------------------------------------------------------
+def read_state_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or of a pickled checkpoint when ``allow_pickle`` is set.
+
+    A pickle can execute arbitrary code while it is read, so pickles are refused unless the caller
+    opted in. Even then ``weights_only=True`` (a restricted unpickler that only rebuilds tensors and
+    plain containers) is tried first; Lightning checkpoints also hold callbacks and hyper-parameter
+    objects that only the full unpickler can rebuild, and only then is it used, with a warning.
+    """
+    path = Path(path)
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return read_weights(path)
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise WeightsError(f"{path}: unknown weights file type {path.suffix!r}; expected .safetensors, "
+                           f"or a pickle ({', '.join(PICKLE_SUFFIXES)}) with --allow-pickle")
+    if not allow_pickle:
+        raise WeightsError(
+            f"{path}: is a pickled checkpoint; loading a pickle can run arbitrary code hidden in the file. "
+            "imgtok reads it only through `imgtok convert SRC DST --allow-pickle`, for files you trust"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises pickle's UnpicklingError for objects it will not rebuild
+        if "weights_only" not in str(err):
+            raise WeightsError(f"{path}: not a readable torch checkpoint ({err}); it may be corrupt or truncated") from err
+        warnings.warn(
+            f"{path}: holds Python objects beyond tensors (e.g. a Lightning checkpoint's callbacks or "
+            "hyper-parameters), which weights_only=True refuses; reading it with the full unpickler, which "
+            "runs whatever code the file names. Do this only for files from a source you trust.",
+            stacklevel=2,
+        )
+        # The caller's explicit --allow-pickle opt-in is what permits this (see the docstring).
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err2:
+            raise WeightsError(f"{path}: could not be unpickled ({err2})") from err2
+    return unwrap_checkpoint(obj, str(path))
+
+
+def unwrap_checkpoint(obj: object, source: str) -> dict[str, torch.Tensor]:
+    """The state dict inside a training checkpoint: Lightning's ``state_dict``, LlamaGen's ``model``,
+    DDP's ``module.`` prefix, a full Stable Diffusion checkpoint's ``first_stage_model.`` prefix."""
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
+    for wrapper in ("state_dict", "model", "module"):
+        inner = obj.get(wrapper)
+        if isinstance(inner, dict) and inner and all(isinstance(k, str) for k in inner):
+            obj = inner
+            break
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise WeightsError(f"{source}: holds no tensors (top-level keys {sorted(map(str, obj))[:8]})")
+    for prefix in ("module.", "first_stage_model.", "vq_model.", "vae."):
+        if any(k.startswith(prefix + "encoder.") for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            break
+    return state
+
+
+# --- configs --------------------------------------------------------------------------------------
+def config_from_arg(spec: str) -> AutoencoderConfig:
+    """A preset name or the path of an imgtok config JSON (``imgtok convert --config``)."""
+    if spec in PRESETS:
+        return get_preset(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"--config {spec!r}: neither a preset ({', '.join(sorted(PRESETS))}) nor a JSON file")
+    return AutoencoderConfig.load(path)
+
+
+def _shape(state: dict[str, torch.Tensor], key: str, source: str) -> tuple[int, ...]:
+    if key not in state:
+        raise WeightsError(f"{source}: expected key {key!r} (after renaming to imgtok's layout) is missing; "
+                           "unsupported layout, or pass --config")
+    return tuple(state[key].shape)
+
+
+def _indices(state: dict[str, torch.Tensor], pattern: str) -> list[int]:
+    compiled = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in state if (m := compiled.match(k))})
+
+
+def infer_config(state: dict[str, torch.Tensor], model_type: str, source: str, **fixed) -> AutoencoderConfig:
+    """The config whose model has exactly these tensors (imgtok key names), read off their shapes.
+
+    What shapes cannot tell (GroupNorm groups, l2-normalised lookup, loss weights) comes in ``fixed``
+    from the source library's documented defaults.
+    """
+    base, in_channels = _shape(state, "encoder.conv_in.weight", source)[:2]
+    levels = _indices(state, r"encoder\.down\.(\d+)\.")
+    if not levels or levels != list(range(len(levels))):
+        raise WeightsError(f"{source}: encoder levels {levels} are not 0..n-1")
+    mult = []
+    for i in levels:
+        key = f"encoder.down.{i}.block.0.conv1.weight"
+        width = _shape(state, key, source)[0]
+        if width % base:
+            raise WeightsError(f"{source}: {key} has width {width}, not a multiple of conv_in's {base}")
+        mult.append(width // base)
+    layers = len(_indices(state, r"encoder\.down\.0\.block\.(\d+)\.conv1\.weight"))
+    enc_out = _shape(state, "encoder.conv_out.weight", source)[0]
+    use_quant_conv = "quant_conv.weight" in state
+    has_post = "post_quant_conv.weight" in state
+    dec_in = _shape(state, "decoder.conv_in.weight", source)[1]
+    z = enc_out // 2 if model_type == "kl" else enc_out
+    if use_quant_conv:
+        bottleneck = _shape(state, "quant_conv.weight", source)[0]
+        latent = bottleneck // 2 if model_type == "kl" else bottleneck
+    else:
+        latent = z
+    fields = dict(
+        in_channels=in_channels,
+        out_channels=_shape(state, "decoder.conv_out.weight", source)[0],
+        base_channels=base,
+        channel_mult=tuple(mult),
+        layers_per_block=max(layers, 1),
+        attn_levels=tuple(i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in state),
+        mid_attention="encoder.mid.attn_1.q.weight" in state,
+        z_channels=z,
+        latent_channels=latent,
+        use_quant_conv=use_quant_conv,
+        use_post_quant_conv=None if has_post == use_quant_conv else has_post,
+        post_quant_to_z=dec_in != latent,
+    )
+    if model_type == "vq":
+        codebook_size, code_dim = _shape(state, "quantizer.codebook", source)
+        fields.update(codebook_size=codebook_size, code_dim=None if code_dim == latent else code_dim)
+    fields.update(fixed)
+    cls = {"vq": VQConfig, "kl": KLConfig}[model_type]
+    try:
+        config = cls(**fields)
+        config.validate()
+    except (ConfigError, TypeError) as err:
+        raise WeightsError(f"{source}: the tensors describe no valid imgtok {model_type!r} config ({err})") from err
+    return config
+
+
+def build_loaded(config: AutoencoderConfig, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
+    """Build ``config``'s model and load ``state`` (imgtok key names) strictly; eval mode."""
+    model = build_model(config)
+    expected = model.state_dict()
+    state = dict(state)
+    for key in FRESH_BUFFERS:
+        if key in expected and key not in state:
+            state[key] = expected[key]
+    if "quantizer.initialized" in expected:
+        # Trained codes: k-means initialisation must never run over them if this model trains further.
+        state["quantizer.initialized"] = torch.ones_like(expected["quantizer.initialized"])
+    check_state_dict(model, state, source)
+    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    return model.eval()
