@@ -370,9 +370,12 @@ def load_any(name_or_path: str | Path | None = None, **kwargs: Any) -> ImageToke
     if name_or_path is None:
         return ImageTokenizer.from_pretrained(None, **kwargs)
     folder = resolve_folder(name_or_path, "vq", **{k: v for k, v in kwargs.items() if k not in ("device", "dtype")})
-    config = AutoencoderConfig.load(folder / "config.json")
-    cls = ImageTokenizer if config.model_type == "vq" else ImageVAE
-    if config.model_type not in ("vq", "kl"):
-        raise ConfigError(f"{folder}: holds a {config.model_type!r} model; the CLI handles 'vq' and 'kl'")
+    from .interop.diffusers import diffusers_folder, model_type_of
+
+    foreign = diffusers_folder(folder)  # a diffusers AutoencoderKL/VQModel folder loads directly too
+    model_type = model_type_of(foreign) if foreign else AutoencoderConfig.load(folder / "config.json").model_type
+    cls = ImageTokenizer if model_type == "vq" else ImageVAE
+    if model_type not in ("vq", "kl"):
+        raise ConfigError(f"{folder}: holds a {model_type!r} model; the CLI handles 'vq' and 'kl'")
     return cls.from_pretrained(folder, device=kwargs.get("device"), dtype=kwargs.get("dtype"))
 
