@@ -136,6 +136,15 @@ def _register_convert(sub) -> None:
 _EXTRA_COMMANDS.append(_register_convert)
 
 
+def _register_tokenize(sub) -> None:
+    from .batch_tokenize import add_cli_command  # imported lazily, as above
+
+    add_cli_command(sub)
+
+
+_EXTRA_COMMANDS.append(_register_tokenize)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .image_io import ImageError

@@ -1,0 +1,324 @@
+"""Reading token shards written by ``imgtok tokenize`` (``tokenizer.batch_tokenize``), for training on tokens.
+
+Two views of one output folder:
+
+    from torch.utils.data import DataLoader
+    from tokenizer.data import TokenShardDataset, TokenShardIterable, collate_tokens
+
+    ds = TokenShardDataset("tokens/")          # map-style: random access
+    item = ds[0]                               # TokenItem: ids (h, w) long, key, original size, ...
+    item = ds["cats/001.jpg"]                  # by key (ds.index_of(key) gives the row)
+    loader = DataLoader(ds, batch_size=64, shuffle=True, collate_fn=collate_tokens)  # TokenBatch
+
+    stream = TokenShardIterable("tokens/", shuffle=True, seed=0)   # shard by shard (sequential reads)
+    stream.set_epoch(1)                        # a new shuffle per epoch
+    loader = DataLoader(stream, batch_size=64, num_workers=2, collate_fn=collate_tokens)
+
+Rows are in input order (the order the tokenizer numbered its inputs), shard by shard. A folder whose
+merged ``index.jsonl`` is missing (a multi-process run not merged yet) is read from the shards' own index
+files; missing shards raise unless ``allow_partial=True``. Ids are stored as uint16 (or int32) and
+returned as torch.long.
+
+Axis letters: B batch, h/w grid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from .batch_tokenize import (
+    ERRORS_NAME, FORMAT_NAME, IDS_TENSOR, INDEX_NAME, METADATA_NAME, shard_complete, shard_name,
+)
+
+# Index fields stored as columns; anything else in a row (tar side files "json", "txt") goes to meta.
+_COLUMNS = ("shard", "offset", "h", "w", "height", "width", "input_index")
+_FIXED = frozenset(_COLUMNS) | {"key", "source"}
+
+
+@dataclass
+class TokenItem:
+    """One tokenized image.
+
+    ids: (h, w) torch.long grid of token ids in [0, vocab_size).
+    key: the image's key (path relative to the input folder, list-file line, or tar member key).
+    index: the row in the dataset.
+    shard: the shard holding the ids.
+    height, width: the original image's size (before cropping or padding).
+    source: the file (or ``tar:member``) it came from.
+    meta: side files carried from tars: {"json": parsed JSON, "txt": text}; empty if none.
+    """
+
+    ids: torch.Tensor
+    key: str
+    index: int
+    shard: int
+    height: int
+    width: int
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TokenBatch:
+    """A collated list of ``TokenItem``.
+
+    ids: (B, h, w) long when every grid has one shape (centre crops); else a list of (h, w) tensors.
+    keys: B keys.
+    indices: (B,) long dataset rows.
+    sizes: (B, 2) long original (height, width).
+    meta: B side-file dicts.
+    """
+
+    ids: torch.Tensor | list[torch.Tensor]
+    keys: list[str]
+    indices: torch.Tensor
+    sizes: torch.Tensor
+    meta: list[dict[str, Any]]
+
+
+def collate_tokens(items: list[TokenItem]) -> TokenBatch:
+    """``collate_fn`` for DataLoaders over ``TokenShardDataset`` / ``TokenShardIterable``."""
+    shapes = {tuple(item.ids.shape) for item in items}
+    ids = torch.stack([item.ids for item in items]) if len(shapes) == 1 else [item.ids for item in items]
+    return TokenBatch(
+        ids=ids,
+        keys=[item.key for item in items],
+        indices=torch.tensor([item.index for item in items], dtype=torch.long),
+        sizes=torch.tensor([[item.height, item.width] for item in items], dtype=torch.long),  # (B, 2)
+        meta=[item.meta for item in items],
+    )
+
+
+@dataclass
+class TokenShard:
+    """One shard read whole: its ids end to end and the dataset rows it holds (``rows.start`` .. ``stop``)."""
+
+    shard: int
+    ids: np.ndarray  # (tokens,) uint16 or int32
+    rows: range
+
+
+def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except ValueError as err:
+                    raise ValueError(f"{path}:{number}: not a JSON index row ({err})") from err
+
+
+class TokenShardDataset(Dataset):
+    """A tokenized output folder as a map-style Dataset: ``ds[i]`` or ``ds[key]`` -> ``TokenItem``.
+
+    Args:
+        root: the folder ``imgtok tokenize --output`` wrote.
+        allow_partial: read whatever shards are complete instead of raising when some are missing.
+    """
+
+    def __init__(self, root: str | os.PathLike, allow_partial: bool = False):
+        self.root = Path(root)
+        meta_path = self.root / METADATA_NAME
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{self.root}: no {METADATA_NAME}; expected a folder written by imgtok tokenize")
+        self.metadata: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+        if self.metadata.get("format") != FORMAT_NAME:
+            raise ValueError(f"{meta_path}: format {self.metadata.get('format')!r}; expected {FORMAT_NAME!r}")
+        self.num_shards = int(self.metadata["num_shards"])
+        self.missing_shards: list[int] = []
+        rows = self._load_index(allow_partial)
+        self.keys: list[str] = [row["key"] for row in rows]
+        self.sources: list[str] = [row["source"] for row in rows]
+        columns = {name: np.array([row[name] for row in rows], dtype=np.int64) for name in _COLUMNS}
+        self._shard, self._offset = columns["shard"], columns["offset"]
+        self._h, self._w = columns["h"], columns["w"]
+        self._height, self._width = columns["height"], columns["width"]
+        self.input_index = columns["input_index"]
+        # Side files are rare outside tars: keep them sparse.
+        self._meta: dict[int, dict[str, Any]] = {
+            i: extra for i, row in enumerate(rows) if (extra := {k: v for k, v in row.items() if k not in _FIXED})
+        }
+        self._key_rows: dict[str, int] | None = None
+        self._duplicates: set[str] = set()
+        self._handles: dict[int, Any] = {}
+
+    # --- the index --------------------------------------------------------------------------------
+    def _load_index(self, allow_partial: bool) -> list[dict[str, Any]]:
+        merged = self.root / INDEX_NAME
+        if merged.is_file():
+            return list(_read_rows(merged))
+        # Not merged yet (ranks still running, or no one ran --merge-only): read the shards' own indexes.
+        self.missing_shards = [k for k in range(self.num_shards) if not shard_complete(self.root, k)]
+        if self.missing_shards and not allow_partial:
+            raise FileNotFoundError(
+                f"{self.root}: {len(self.missing_shards)} of {self.num_shards} shards are missing "
+                f"(first {self.missing_shards[:5]}); finish the run, or pass allow_partial=True"
+            )
+        rows: list[dict[str, Any]] = []
+        for k in range(self.num_shards):
+            if k not in self.missing_shards:
+                rows += _read_rows(self.root / f"{shard_name(k)}.index.jsonl")
+        return rows
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.metadata["vocab_size"])
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return self.metadata["preprocessing"]
+
+    def errors(self) -> list[dict[str, Any]]:
+        """The inputs that failed to tokenize (key, source, reason), from the merged or per-shard files."""
+        merged = self.root / ERRORS_NAME
+        if merged.is_file():
+            return list(_read_rows(merged))
+        out: list[dict[str, Any]] = []
+        for k in range(self.num_shards):
+            path = self.root / f"{shard_name(k)}.errors.jsonl"
+            if path.is_file():
+                out += _read_rows(path)
+        return out
+
+    def grid_shape(self, index: int) -> tuple[int, int]:
+        """(h, w) of row ``index`` without reading its ids."""
+        return int(self._h[index]), int(self._w[index])
+
+    def index_of(self, key: str) -> int:
+        """The row holding ``key``.
+
+        Raises:
+            KeyError: the key is unknown, or several rows share it (then use their row numbers).
+        """
+        if self._key_rows is None:
+            self._key_rows = {}
+            for i, k in enumerate(self.keys):
+                if k in self._key_rows:
+                    self._duplicates.add(k)
+                else:
+                    self._key_rows[k] = i
+        if key in self._duplicates:
+            rows = [i for i, k in enumerate(self.keys) if k == key]
+            raise KeyError(f"{self.root}: key {key!r} is held by several rows {rows[:5]}; access them by row")
+        try:
+            return self._key_rows[key]
+        except KeyError:
+            raise KeyError(f"{self.root}: no image with key {key!r}") from None
+
+    # --- reading ids ------------------------------------------------------------------------------
+    def _open(self, shard: int):
+        handle = self._handles.get(shard)
+        if handle is None:
+            from safetensors import safe_open
+
+            path = self.root / f"{shard_name(shard)}.safetensors"
+            handle = safe_open(str(path), framework="numpy")  # memory-mapped: slices read only their bytes
+            self._handles[shard] = handle
+        return handle
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers reopen shards themselves (file handles are per process).
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int | str) -> TokenItem:
+        """Row ``index`` (an int, negative counts from the end) or the row of a key (a str)."""
+        if isinstance(index, str):
+            index = self.index_of(index)
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.root}: row {index} out of range for {len(self)} images")
+        index %= len(self)
+        shard, offset = int(self._shard[index]), int(self._offset[index])
+        h, w = self.grid_shape(index)
+        flat = self._open(shard).get_slice(IDS_TENSOR)[offset : offset + h * w]  # (h*w,)
+        return self._item(index, flat)
+
+    def _item(self, index: int, flat: np.ndarray) -> TokenItem:
+        h, w = self.grid_shape(index)
+        ids = torch.from_numpy(flat.astype(np.int64)).reshape(h, w)  # (h*w,) -> (h, w)
+        return TokenItem(
+            ids=ids, key=self.keys[index], index=index, shard=int(self._shard[index]),
+            height=int(self._height[index]), width=int(self._width[index]), source=self.sources[index],
+            meta=self._meta.get(index, {}),
+        )
+
+    def shards(self) -> list[int]:
+        """The shards that hold rows, in order."""
+        return [int(k) for k in np.unique(self._shard)]
+
+    def read_shard(self, shard: int) -> TokenShard:
+        """One shard's ids read whole, and its rows (contiguous: rows are in shard order)."""
+        start, stop = np.searchsorted(self._shard, [shard, shard + 1])
+        ids = self._open(shard).get_tensor(IDS_TENSOR)
+        return TokenShard(shard, ids, range(int(start), int(stop)))
+
+    def iter_shard(self, shard: int, order: np.ndarray | None = None) -> Iterator[TokenItem]:
+        """The items of one shard, in row order or in ``order`` (a permutation of its rows' positions)."""
+        part = self.read_shard(shard)
+        positions = range(len(part.rows)) if order is None else order
+        for p in positions:
+            index = part.rows[int(p)]
+            offset = int(self._offset[index])
+            h, w = self.grid_shape(index)
+            yield self._item(index, part.ids[offset : offset + h * w])
+
+
+class TokenShardIterable(IterableDataset):
+    """A tokenized folder as a stream of ``TokenItem``, shard by shard (sequential reads, for big datasets).
+
+    Shards are dealt round-robin to (rank, DataLoader worker) pairs, so every item is seen once per epoch
+    across all of them. With ``shuffle``, shard order and the order inside each shard are permuted by
+    (seed, epoch).
+
+    Args:
+        root: the output folder, or an open ``TokenShardDataset``.
+        shuffle: permute shards and items each epoch.
+        seed: base seed of the permutations.
+        rank, world_size: this process's share (default: from torch.distributed if initialised, else 0 of 1).
+        allow_partial: as for ``TokenShardDataset``.
+    """
+
+    def __init__(self, root: str | os.PathLike | TokenShardDataset, shuffle: bool = False, seed: int = 0,
+                 rank: int | None = None, world_size: int | None = None, allow_partial: bool = False):
+        self.dataset = root if isinstance(root, TokenShardDataset) else TokenShardDataset(root, allow_partial)
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        dist = torch.distributed
+        initialised = dist.is_available() and dist.is_initialized()
+        self.rank = rank if rank is not None else (dist.get_rank() if initialised else 0)
+        self.world_size = world_size if world_size is not None else (dist.get_world_size() if initialised else 1)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} of world size {self.world_size}; expected 0 <= rank < world_size")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose permutation the next iteration uses (call it on every rank)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[TokenItem]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        shards = self.dataset.shards()
+        g = np.random.default_rng([self.seed, self.epoch])
+        if self.shuffle:
+            shards = [shards[i] for i in g.permutation(len(shards))]
+        for position, shard in enumerate(shards):
+            if position % slots != slot:
+                continue
+            order = None
+            if self.shuffle:
+                count = int(np.count_nonzero(self.dataset._shard == shard))
+                order = np.random.default_rng([self.seed, self.epoch, shard]).permutation(count)
+            yield from self.dataset.iter_shard(shard, order)
