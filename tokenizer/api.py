@@ -271,7 +271,7 @@ class ImageTokenizer(_ImageModel):
             raise TypeError(f"{what}: expected a tensor or numpy array of integer ids, got {type(ids).__name__}")
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             raise TypeError(f"{what}: ids have dtype {ids.dtype}; expected an integer dtype")
-        if ids.ndim not in (2, 3) or ids.shape[-1] == 0 or ids.shape[-2] == 0:
+        if ids.ndim not in (2, 3) or ids.numel() == 0:  # empty: min()/max() below would fail
             raise ValueError(f"{what}: ids of shape {tuple(ids.shape)}; expected (h, w) or (B, h, w)")
         ids = ids.long()
         low, high = int(ids.min()), int(ids.max())
