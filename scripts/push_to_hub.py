@@ -1,0 +1,85 @@
+"""Push a trained model to the Hugging Face Hub with its measured metrics in the model card.
+
+    python scripts/push_to_hub.py RUN_OR_MODEL_DIR REPO_ID [--metrics metrics.json] [--private]
+        [--revision BRANCH] [--commit-message MSG] [--dataset ID ...] [--eval-dataset NAME]
+
+RUN_OR_MODEL_DIR is a model folder (config.json + model.safetensors) or a training run folder, whose
+``export/`` is pushed. The weights are uploaded as they are; README.md is rendered from the config, the
+metrics (``scripts/evaluate.py``'s metrics.json; the run's own metrics.json is used if present) and
+the run's ``train_config.json``. Authentication as in huggingface_hub: ``hf auth login`` or ``HF_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tokenizer.hub import HubError, push_model_folder
+from tokenizer.model_card import ModelCardError, ModelCardInfo, load_metrics
+from tokenizer.pretrained import CONFIG_NAME, WEIGHTS_NAME
+
+
+def find_model_folder(path: Path) -> tuple[Path, Path | None]:
+    """(model folder, run folder or None) for a model folder or a run folder holding ``export/``."""
+    if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
+        run = path.parent if path.name == "export" and (path.parent / "train_config.json").is_file() else None
+        return path, run
+    if (path / "export" / WEIGHTS_NAME).is_file():
+        return path / "export", path
+    raise SystemExit(f"push_to_hub: {path}: neither a model folder (config.json + model.safetensors) nor a run with export/")
+
+
+def training_notes(run: Path | None) -> str | None:
+    """The run's training config, verbatim, so the card says how the weights were made."""
+    if run is None or not (run / "train_config.json").is_file():
+        return None
+    config = json.loads((run / "train_config.json").read_text())
+    return (
+        "Trained with imgtok's `python -m train`; the run's `train_config.json`:\n\n"
+        f"```json\n{json.dumps(config, indent=2)}\n```"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("path", type=Path, help="model folder, or training run folder (its export/ is pushed)")
+    p.add_argument("repo_id", help="Hub repo, namespace/name")
+    p.add_argument("--metrics", type=Path, help="metrics.json from scripts/evaluate.py")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="branch to push to (default main)")
+    p.add_argument("--commit-message", default=None)
+    p.add_argument("--dataset", action="append", default=[], help="training dataset id (repeatable)")
+    p.add_argument("--eval-dataset", help="name of the set the metrics were measured on (default: from metrics.json)")
+    p.add_argument("--model-name", help="card title (default: the repo's name)")
+    args = p.parse_args(argv)
+
+    folder, run = find_model_folder(args.path)
+    metrics_path = args.metrics
+    if metrics_path is None:
+        found = [d / "metrics.json" for d in (folder, run) if d is not None and (d / "metrics.json").is_file()]
+        metrics_path = found[0] if found else None
+    metrics, eval_dataset = {}, None
+    try:
+        if metrics_path is not None:
+            metrics, eval_dataset = load_metrics(metrics_path)
+            print(f"metrics from {metrics_path}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        info = ModelCardInfo(
+            repo_id=args.repo_id, model_name=args.model_name, datasets=args.dataset, metrics=metrics,
+            eval_dataset=args.eval_dataset or eval_dataset, training=training_notes(run),
+        )
+        extra = {"metrics.json": metrics_path} if metrics_path is not None else None
+        commit = push_model_folder(
+            folder, args.repo_id, info, private=args.private, commit_message=args.commit_message,
+            revision=args.revision, extra_files=extra,
+        )
+    except (HubError, ModelCardError, FileNotFoundError, ValueError) as err:
+        print(f"push_to_hub: error: {err}", file=sys.stderr)
+        return 1
+    print(f"pushed {folder} to {args.repo_id} (commit {commit.oid}): {commit}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
