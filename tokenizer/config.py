@@ -111,7 +111,9 @@ class AutoencoderConfig:
             raise ConfigError(
                 f"{source}: holds a {model_type!r} model, expected {cls.model_type!r}"
             )
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ConfigError(f"{source}: 'format_version' is {version!r}; expected a positive integer")
+        if version > FORMAT_VERSION:
             raise ConfigError(
                 f"{source}: format_version {version!r} is newer than this imgtok understands "
                 f"({FORMAT_VERSION}); upgrade imgtok"
