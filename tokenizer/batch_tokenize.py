@@ -181,13 +181,22 @@ def _tar_key(name: str) -> tuple[str, str]:
 _ReadMember = Callable[[], bytes]
 
 
+def _parse_side(ext: str, data: bytes, where: str) -> Any:
+    """A side file's content: parsed JSON for ``json``, text for ``txt`` (UTF-8)."""
+    try:
+        text = data.decode("utf-8")
+        return json.loads(text) if ext == "json" else text
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"{where}: side file is not valid UTF-8 {'JSON' if ext == 'json' else 'text'} ({err})") from err
+
+
 @dataclass
 class _Item:
     """One input as the enumeration yields it: its source plus how to read its bytes right now."""
 
     source: Source
     read_image: Callable[[], torch.Tensor]
-    side: dict[str, _ReadMember] = field(default_factory=dict)
+    side: dict[str, Callable[[], Any]] = field(default_factory=dict)  # extension -> parsed content
 
 
 def _iter_tar(tar_path: str, max_pixels: int) -> Iterator[_Item]:
@@ -212,7 +221,10 @@ def _iter_tar(tar_path: str, max_pixels: int) -> Iterator[_Item]:
         def read_pixels() -> torch.Tensor:
             return decode_image_bytes(read_member(image)(), f"{tar_path}:{image.name}", max_pixels)
 
-        side = {ext: read_member(m) for m in members if (ext := _tar_key(m.name)[1]) in SIDE_EXTENSIONS}
+        def read_side(ext: str, member: tarfile.TarInfo) -> Callable[[], Any]:
+            return lambda: _parse_side(ext, read_member(member)(), f"{tar_path}:{member.name}")
+
+        side = {ext: read_side(ext, m) for m in members if (ext := _tar_key(m.name)[1]) in SIDE_EXTENSIONS}
         return _Item(Source(key, tar_path, image.name), read_pixels, side)
 
     with tarfile.open(tar_path, "r:*") as tf:
@@ -542,10 +554,7 @@ class _DecodeStream(IterableDataset):
         record: dict[str, Any] = {"index": index, "key": item.source.key, "source": item.source.description}
         try:
             image = item.read_image()  # (3, H, W) in [0, 1]
-            side: dict[str, Any] = {}
-            for ext, read in item.side.items():
-                text = read().decode("utf-8")
-                side[ext] = json.loads(text) if ext == "json" else text
+            side = {ext: read() for ext, read in item.side.items()}
             record.update(pixels=self.preprocess(image), height=image.shape[-2], width=image.shape[-1], side=side)
         except (ImageError, OSError, ValueError, tarfile.TarError) as err:  # bad image or side file: record, go on
             record["error"] = f"{type(err).__name__}: {err}"
