@@ -136,8 +136,8 @@ class TokenPrior(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
-        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.head.weight = self.tok_emb.weight  # weight tying (Press & Wolf 2017)
+        # The output head reuses tok_emb.weight (weight tying, Press & Wolf 2017) through F.linear, so
+        # the state dict holds the matrix once (safetensors refuses tensors that share memory).
         self.apply(self._init_weights)
         # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream's variance
         # does not grow with depth.
@@ -173,7 +173,7 @@ class TokenPrior(nn.Module):
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
-        logits = self.head(self.ln_f(x))  # (B, T, V)
+        logits = F.linear(self.ln_f(x), self.tok_emb.weight)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
