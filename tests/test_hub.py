@@ -308,3 +308,18 @@ def test_push_script_pushes_a_run_export_with_its_metrics(hub, tiny_tokenizer, t
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="neither a model folder"):
         script.main([str(tmp_path / "empty"), "alice/run"])
+
+
+def test_push_without_credentials_says_how_to_log_in(hub, tiny_tokenizer, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")  # and the fixture's HF_HOME holds no saved token
+    with pytest.raises(HubError, match=r"alice/vq-tiny: push failed, the Hub answered 401 \(log in"):
+        tiny_tokenizer.push_to_hub("alice/vq-tiny")
+
+
+def test_subfolder_and_cache_dir(hub, saved_tiny_tokenizer, tmp_path):
+    folder, tok = saved_tiny_tokenizer
+    hub.put_files("alice/multi", {f"tokenizer/{name}": (folder / name).read_bytes()
+                                  for name in ("config.json", "model.safetensors")})
+    loaded = ImageTokenizer.from_pretrained("alice/multi", subfolder="tokenizer", cache_dir=tmp_path / "own_cache")
+    assert loaded.folder.name == "tokenizer" and (tmp_path / "own_cache") in loaded.folder.parents
+    assert torch.equal(loaded.encode(images()), tok.encode(images()))
