@@ -103,7 +103,7 @@ def read_state_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.suffix == SAFETENSORS_SUFFIX:
-        return read_weights(path)
+        return strip_prefix(read_weights(path))
     if path.suffix not in PICKLE_SUFFIXES:
         raise WeightsError(f"{path}: unknown weights file type {path.suffix!r}; expected .safetensors, "
                            f"or a pickle ({', '.join(PICKLE_SUFFIXES)}) with --allow-pickle")
@@ -132,8 +132,7 @@ def read_state_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
 
 
 def unwrap_checkpoint(obj: object, source: str) -> dict[str, torch.Tensor]:
-    """The state dict inside a training checkpoint: Lightning's ``state_dict``, LlamaGen's ``model``,
-    DDP's ``module.`` prefix, a full Stable Diffusion checkpoint's ``first_stage_model.`` prefix."""
+    """The state dict inside a training checkpoint: Lightning's ``state_dict``, LlamaGen's ``model``."""
     if not isinstance(obj, dict):
         raise WeightsError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
     for wrapper in ("state_dict", "model", "module"):
@@ -144,10 +143,15 @@ def unwrap_checkpoint(obj: object, source: str) -> dict[str, torch.Tensor]:
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not state:
         raise WeightsError(f"{source}: holds no tensors (top-level keys {sorted(map(str, obj))[:8]})")
+    return strip_prefix(state)
+
+
+def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The autoencoder's tensors of a state dict that nests it: DDP's ``module.``, a full Stable
+    Diffusion checkpoint's ``first_stage_model.`` (the rest, the UNet and text encoder, is left out)."""
     for prefix in ("module.", "first_stage_model.", "vq_model.", "vae."):
         if any(k.startswith(prefix + "encoder.") for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            break
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     return state
 
 
