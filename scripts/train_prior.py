@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     result = run(cfg, resume=args.resume)
     if rank == 0:
-        print(f"[prior] val {result.val_bits_per_code:.3f} bits/code (step 0: {result.first_val_bits_per_code:.3f}); "
+        print(f"[prior] val {result.val_bits_per_code:.3f} bits/code (before training: {result.first_val_bits_per_code:.3f}); "
               f"unigram entropy {result.unigram_entropy_bits:.3f} bits; uniform {result.uniform_bits:.3f} bits; "
               f"{len(result.samples)} samples; {result.seconds:.1f}s training; run folder {out}", flush=True)
     return 0

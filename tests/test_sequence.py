@@ -216,3 +216,19 @@ def test_layout_json_round_trip():
     assert TokenLayout.from_dict(layout.to_dict()) == layout
     with pytest.raises(ValueError, match="unknown field"):
         TokenLayout.from_dict({"image_vocab_size": 4, "colour": 1})
+
+
+def test_readme_example_runs():
+    """The README's "Using tokens in a transformer" example runs as written and says what is true."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = re.search(r"^## Using tokens in a transformer\s*$(.*?)(?=^## )", text, flags=re.M | re.S)
+    assert section, "README.md has no 'Using tokens in a transformer' section"
+    [block] = re.findall(r"^```python\n(.*?)^```", section.group(1), flags=re.M | re.S)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["seq"].shape == (2 + 3 * 6,)
+    assert namespace["batch"]["input_ids"].shape == (2, len(namespace["mixed"]))
+    assert len(namespace["names"]) == 4096 + 4

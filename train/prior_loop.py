@@ -182,7 +182,6 @@ class PriorTrainer:
         self.amp_dtype = None if (cfg.amp == "auto" and self.device.type != "cuda") else autocast_dtype(cfg.amp, self.device)
         self.run_dir = Path(cfg.out)
         torch.manual_seed(cfg.seed + self.dist.rank)  # seed per rank (DiT)
-        self.rng = torch.Generator().manual_seed(cfg.seed + 1000 * self.dist.rank)  # batch sampling
 
         self.grids = TokenGrids(cfg.tokens)
         if cfg.val_tokens:
@@ -249,8 +248,10 @@ class PriorTrainer:
         fused = self.device.type == "cuda"
         return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, fused=fused)
 
-    def train_batch(self) -> Batch:
-        picks = torch.randint(len(self.train_idx), (self.cfg.batch_size,), generator=self.rng).tolist()
+    def train_batch(self, step: int) -> Batch:
+        # The batch is a function of (seed, rank, step), so a resumed run sees what the uninterrupted one would.
+        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.dist.rank) * 1_000_003 + step)
+        picks = torch.randint(len(self.train_idx), (self.cfg.batch_size,), generator=g).tolist()
         return make_batch(self.layout, [self.grids.grid(self.train_idx[i]) for i in picks], self.device)
 
     @torch.no_grad()
@@ -292,7 +293,7 @@ class PriorTrainer:
             lr = lr_at(step, cfg)
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            batch = self.train_batch()
+            batch = self.train_batch(step)
             with self.autocast():
                 loss = self.net(batch.inputs, batch.targets).loss
             self.opt.zero_grad(set_to_none=True)
