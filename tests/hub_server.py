@@ -68,6 +68,7 @@ class HubState:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs: dict[str, bytes] = {}  # sha256 hex -> content uploaded through the LFS endpoint
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
+        self.cdn_url: str | None = None  # where LFS downloads are redirected (another origin, like the Hub's CDN)
         self.lock = threading.Lock()
 
     def repo(self, repo_type: str, repo_id: str) -> Repo | None:
@@ -82,6 +83,8 @@ class HubState:
                 files = {p: c for p, c in files.items() if p != path and not p.startswith(path.rstrip("/") + "/")}
             else:
                 files[path] = content
+                if is_lfs(path, len(content)):  # LFS content lives in the object store, addressed by sha256
+                    self.lfs[hashlib.sha256(content).hexdigest()] = content
         digest = hashlib.sha1()
         digest.update((parent or "").encode() + message.encode() + str(len(repo.history)).encode())
         for path in sorted(files):
@@ -288,6 +291,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}", head, X_Repo_Commit=sha)
         content = files[path]
         headers = self._file_headers(sha, content, path)
+        if is_lfs(path, len(content)) and self.state.cdn_url:
+            # As the Hub does: a 302 to a signed storage URL on another origin; the metadata the client
+            # needs rides on the redirect itself, and the client must not forward its token there.
+            oid = hashlib.sha256(content).hexdigest()
+            headers["Location"] = f"{self.state.cdn_url}/cdn-lfs/{oid}?signature=test"
+            return self._send(302, b"", headers, head)
+        self._send_content(content, headers, head)
+
+    def _send_content(self, content: bytes, headers: dict[str, str], head: bool) -> None:
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         if match:
             start = int(match.group(1))
@@ -353,31 +365,61 @@ class _Handler(BaseHTTPRequestHandler):
     ]
 
 
+class _CDNHandler(_Handler):
+    """The storage host LFS downloads are redirected to: serves objects by sha256, refuses Hub tokens."""
+
+    def cdn_object(self, query, oid, head=False):
+        if "Authorization" in self.headers:  # a signed URL carries its own auth; S3 rejects a second one
+            return self._error(400, None, "an Authorization header was sent to the storage host", head)
+        content = self.state.lfs.get(oid)
+        if content is None:
+            return self._error(404, None, f"no object {oid}", head)
+        self._send_content(content, {"ETag": f'"{oid}"', "Content-Type": "application/octet-stream"}, head)
+
+    def cdn_object_head(self, query, oid):
+        self.cdn_object(query, oid, head=True)
+
+    ROUTES = [
+        (r"/cdn-lfs/(?P<oid>[0-9a-f]{64})", "GET", cdn_object),
+        (r"/cdn-lfs/(?P<oid>[0-9a-f]{64})", "HEAD", cdn_object_head),
+    ]
+
+
 class HubServer:
     """``with HubServer() as hub: hub.url`` serves the in-memory Hub on 127.0.0.1 from a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, lfs_redirect: bool = True) -> None:
         self.state = HubState()
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="hub-server", daemon=True
-        )
+        self._servers, self._threads = [], []
+        for base in (_Handler, _CDNHandler) if lfs_redirect else (_Handler,):
+            server = ThreadingHTTPServer(("127.0.0.1", 0), type(base.__name__, (base,), {"state": self.state}))
+            server.daemon_threads = True
+            self._servers.append(server)
+            self._threads.append(threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="hub-server", daemon=True
+            ))
+        if lfs_redirect:
+            self.state.cdn_url = self._url(self._servers[1])
+
+    @staticmethod
+    def _url(server: ThreadingHTTPServer) -> str:
+        host, port = server.server_address[:2]
+        return f"http://{host}:{port}"
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._url(self._servers[0])
 
     def start(self) -> "HubServer":
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        for server, thread in zip(self._servers, self._threads):
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
 
     def __enter__(self) -> "HubServer":
         return self.start()

@@ -88,6 +88,8 @@ def test_push_then_load_by_repo_id_gives_identical_ids(hub, tiny_tokenizer, tmp_
     cache = fresh_cache(hub, monkeypatch, tmp_path, "other_machine")
     loaded = ImageTokenizer.from_pretrained("alice/vq-tiny")
     assert str(loaded.folder).startswith(str(cache))  # downloaded into the (new) HF_HOME cache
+    # The weights came the way the Hub serves LFS files: a redirect to storage on another origin.
+    assert any(method == "GET" and path.startswith("/cdn-lfs/") for method, path in hub.state.requests)
     assert torch.equal(loaded.encode(images()), tiny_tokenizer.encode(images()))
     for key, value in tiny_tokenizer.model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value), key
