@@ -19,6 +19,11 @@ from tokenizer import ConfigError, ImageTokenizer, ImageVAE, WeightsError, load_
 from tokenizer.cli import main as cli_main  # noqa: E402
 from tokenizer.interop import convert  # noqa: E402
 
+try:  # the loopback Hub fixture lives with the Hub tests
+    from test_hub import hub  # noqa: E402, F401
+except ImportError:
+    hub = None
+
 ATOL = 1e-4
 DOWN, ATTN_DOWN = "DownEncoderBlock2D", "AttnDownEncoderBlock2D"
 UP, ATTN_UP = "UpDecoderBlock2D", "AttnUpDecoderBlock2D"
@@ -221,3 +226,35 @@ def test_foreign_key_is_named(kl_folder, tmp_path):
     save_file(state, str(path))
     with pytest.raises(WeightsError, match=r"encoder.conv_in.weight: file \(\d+, 2, 3, 3\)"):
         ImageVAE.from_pretrained(bad)
+
+
+@pytest.mark.skipif(hub is None, reason="the loopback Hub fixture (tests/test_hub.py) is not available")
+def test_hub_repos_of_diffusers_models_and_pipelines(hub, tmp_path):
+    """The Hub path: a diffusers AutoencoderKL repo and a pipeline repo (its vae/) by repo id, through the
+    real huggingface_hub client against the project's loopback Hub."""
+    from huggingface_hub import HfApi
+
+    theirs = diffusers.AutoencoderKL(**KL_CASES["c4"]).eval()
+    folder = tmp_path / "vae-folder"
+    theirs.save_pretrained(folder)
+    api = HfApi()
+    api.create_repo("alice/tiny-vae")
+    api.upload_folder(folder_path=str(folder), repo_id="alice/tiny-vae")
+    pipeline = tmp_path / "pipeline"
+    theirs.save_pretrained(pipeline / "vae")
+    (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (pipeline / "unet").mkdir()
+    (pipeline / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not downloaded")
+    api.create_repo("alice/tiny-pipeline")
+    api.upload_folder(folder_path=str(pipeline), repo_id="alice/tiny-pipeline")
+
+    x = _images(1)
+    expected = ImageVAE.from_pretrained(folder).encode(x)
+    by_repo = ImageVAE.from_pretrained("alice/tiny-vae")
+    torch.testing.assert_close(by_repo.encode(x), expected)
+    by_pipeline = ImageVAE.from_pretrained("alice/tiny-pipeline")
+    torch.testing.assert_close(by_pipeline.encode(x), expected)
+    assert by_pipeline.folder.name == "vae"
+    assert not (by_pipeline.folder.parent / "unet").exists()  # only the autoencoder's files were fetched
+    with pytest.raises(ConfigError, match="expected 'vq'"):
+        ImageTokenizer.from_pretrained("alice/tiny-pipeline")
