@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from tokenizer.hub import HubError, push_model_folder
-from tokenizer.model_card import ModelCardError, ModelCardInfo, load_metrics
+from tokenizer.model_card import Evaluation, ModelCardError, ModelCardInfo, load_metrics
 from tokenizer.pretrained import CONFIG_NAME, WEIGHTS_NAME
 
 
@@ -60,14 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     if metrics_path is None:
         found = [d / "metrics.json" for d in (folder, run) if d is not None and (d / "metrics.json").is_file()]
         metrics_path = found[0] if found else None
-    metrics, eval_dataset = {}, None
     try:
+        evaluation = load_metrics(metrics_path) if metrics_path is not None else Evaluation({})
         if metrics_path is not None:
-            metrics, eval_dataset = load_metrics(metrics_path)
-            print(f"metrics from {metrics_path}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            print(f"metrics from {metrics_path}: " + ", ".join(f"{k}={v:.4g}" for k, v in evaluation.metrics.items())
+                  + (f"; baselines {', '.join(evaluation.baselines)}" if evaluation.baselines else ""))
         info = ModelCardInfo(
-            repo_id=args.repo_id, model_name=args.model_name, datasets=args.dataset, metrics=metrics,
-            eval_dataset=args.eval_dataset or eval_dataset, training=training_notes(run),
+            repo_id=args.repo_id, model_name=args.model_name, datasets=args.dataset, metrics=evaluation.metrics,
+            eval_dataset=args.eval_dataset or evaluation.dataset, baselines=evaluation.baselines,
+            perceptual_metric=evaluation.perceptual_metric, training=training_notes(run),
         )
         extra = {"metrics.json": metrics_path} if metrics_path is not None else None
         commit = push_model_folder(

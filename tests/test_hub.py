@@ -247,7 +247,7 @@ def test_pushed_card_front_matter(hub, tiny_tokenizer):
     # The body: architecture, vocabulary, f, bpp, usage with this repo id, the metrics table.
     assert "64 codes" in body and "| downsampling factor f | 2" in body and "| bits per pixel | 1.5" in body
     assert 'ImageTokenizer.from_pretrained("alice/vq-tiny")' in body
-    assert "| PSNR (dB) | 24.5 |" in body and "python -m train --preset vq-tiny --smoke" in body
+    assert "| this model | 1.5 | 24.5 | 0.71 | 0.9 | 0.21 |" in body and "python -m train --preset vq-tiny --smoke" in body
     # huggingface_hub's own parser agrees (it rebuilds model-index into EvalResults).
     card = ModelCard(text)
     assert card.data.library_name == "imgtok" and len(card.data.eval_results) == len(METRICS)
@@ -270,13 +270,30 @@ def test_template_ships_as_package_data():
     assert "${usage}" in resources.files("tokenizer").joinpath("templates", "model_card.md").read_text()
 
 
+def evaluate_style_metrics() -> dict:
+    """A metrics.json in the layout scripts/evaluate.py writes (means per method, codebook statistics)."""
+    return {
+        "data": "/somewhere/kodak24/", "perceptual_metric": "stlpips-alex",
+        "means": {"tokenizer": {"psnr": 23.9, "ssim": 0.66, "ms_ssim": 0.88, "stlpips": 0.25, "bpp": 0.1875},
+                  "jpeg": {"psnr": 25.4, "ssim": 0.7, "ms_ssim": 0.9, "stlpips": 0.31, "bpp": 0.1871, "quality": 5.2},
+                  "webp": {"psnr": 28.0, "stlpips": 0.27, "bpp": 0.1869}},
+        "codebook": {"usage": 0.99, "perplexity": 3900.0, "codebook_size": 4096, "tokens": 100},
+        "images": [{"image": "kodim01.png", "tokenizer": {"psnr": 22.0}}],
+    }
+
+
 def test_metrics_files_in_the_shapes_evaluate_writes(tmp_path):
-    assert parse_metrics(METRICS) == (METRICS, None)
-    nested = {"dataset": "kodak24", "mean": {"psnr": 25.0, "ms-ssim": 0.93, "bpp": 0.1875, "seconds": 3.0},
-              "per_image": [{"image": "kodim01.png", "psnr": 24.0}]}
-    assert parse_metrics(nested) == ({"psnr": 25.0, "ms_ssim": 0.93, "bits_per_pixel": 0.1875}, "kodak24")
-    stats = {"data": "/data/kodak24", "psnr": {"mean": 26.0, "std": 1.5}, "codebook_usage": 0.99}
-    assert parse_metrics(stats) == ({"psnr": 26.0, "codebook_usage": 0.99}, "kodak24")
+    ev = parse_metrics(evaluate_style_metrics())
+    assert ev.metrics == {"psnr": 23.9, "ssim": 0.66, "ms_ssim": 0.88, "stlpips": 0.25, "bits_per_pixel": 0.1875,
+                          "codebook_usage": 0.99, "perplexity": 3900.0}
+    assert ev.dataset == "kodak24" and ev.perceptual_metric == "stlpips-alex"
+    assert ev.baselines == {"jpeg": {"psnr": 25.4, "ssim": 0.7, "ms_ssim": 0.9, "stlpips": 0.31, "bits_per_pixel": 0.1871},
+                            "webp": {"psnr": 28.0, "stlpips": 0.27, "bits_per_pixel": 0.1869}}
+    flat = parse_metrics(METRICS)
+    assert (flat.metrics, flat.dataset, flat.baselines) == (METRICS, None, {})
+    nested = parse_metrics({"dataset": "kodak24", "mean": {"psnr": 25.0, "ms-ssim": 0.93, "seconds": 3.0}})
+    assert (nested.metrics, nested.dataset) == ({"psnr": 25.0, "ms_ssim": 0.93}, "kodak24")
+    assert parse_metrics({"psnr": {"mean": 26.0, "std": 1.5}}).metrics == {"psnr": 26.0}
     with pytest.raises(ModelCardError, match="no known metric"):
         parse_metrics({"loss": 0.1})
     bad = tmp_path / "metrics.json"
@@ -285,6 +302,22 @@ def test_metrics_files_in_the_shapes_evaluate_writes(tmp_path):
         load_metrics(bad)
     with pytest.raises(ModelCardError, match="no such metrics file"):
         load_metrics(tmp_path / "missing.json")
+
+
+def test_card_shows_the_baselines_beside_the_model(tiny_tokenizer, tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(evaluate_style_metrics()))
+    card = tiny_tokenizer.model_card(ModelCardInfo.from_metrics_file(path, repo_id="alice/vq"))
+    front, body = split_front_matter(card)
+    table = [line for line in body.splitlines() if line.startswith("| this model") or line.startswith("| jpeg")
+             or line.startswith("| webp")]
+    assert table == ["| this model | 0.1875 | 23.9 | 0.66 | 0.88 | 0.25 |",
+                     "| jpeg | 0.1871 | 25.4 | 0.7 | 0.9 | 0.31 |",
+                     "| webp | 0.1869 | 28 | - | - | 0.27 |"]
+    assert "- Codebook usage: 0.99" in body and "`stlpips-alex`" in body
+    metrics = yaml.safe_load(front)["model-index"][0]["results"][0]["metrics"]
+    assert {m["type"]: m["value"] for m in metrics}["lpips"] == 0.25  # the model's own figures only
+    assert [m.get("config") for m in metrics if m["type"] == "lpips"] == ["stlpips-alex"]
 
 
 def test_push_script_pushes_a_run_export_with_its_metrics(hub, tiny_tokenizer, tmp_path, capsys):

@@ -40,6 +40,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "perplexity": ("perplexity", "Code perplexity"),
     "bits_per_pixel": ("bits_per_pixel", "Bits per pixel"),
 }
+_PERCEPTUAL = ("lpips", "stlpips")
+_CODEBOOK = ("codebook_usage", "perplexity")  # properties of the model, not of a method's images
 # Spellings other writers use for the same metrics.
 _ALIASES = {
     "psnr_db": "psnr", "msssim": "ms_ssim", "ms-ssim": "ms_ssim", "st_lpips": "stlpips", "lpips_st": "stlpips",
@@ -47,11 +49,23 @@ _ALIASES = {
     "code_perplexity": "perplexity", "codebook_perplexity": "perplexity", "bpp": "bits_per_pixel",
 }
 # Where a metrics file may keep its averages (per-image rows sit beside them).
-_SUMMARY_KEYS = ("mean", "means", "summary", "aggregate", "metrics", "average")
+_SUMMARY_KEYS = ("means", "mean", "summary", "aggregate", "metrics", "average")
+# evaluate.py's comparison methods: everything else under "means" is the evaluated model.
+_BASELINE_PREFIXES = ("jpeg", "webp", "bicubic", "pca")
 
 
 class ModelCardError(ValueError):
     """A metrics file or card input that cannot be used (named in the message)."""
+
+
+@dataclass
+class Evaluation:
+    """What a metrics file says: the model's averages, where they were measured, and the baselines."""
+
+    metrics: dict[str, float]  # keys from METRICS
+    dataset: str | None = None  # name of the evaluation set, e.g. "kodak24"
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. {"jpeg": {...}} at the same bpp
+    perceptual_metric: str | None = None  # which network the lpips/stlpips figure used, e.g. "stlpips-alex"
 
 
 @dataclass
@@ -60,12 +74,14 @@ class ModelCardInfo:
 
     Args:
         repo_id: the Hub repo the card describes (used in the title and the usage example).
-        model_name: title and model-index name; default: the repo's name, else "imgtok-<family>".
-        license: an SPDX-style Hub licence id.
+        model_name: title and model-index name; default: the repo's name, else "imgtok-<family>-f<f>".
+        license: a Hub licence id.
         datasets: Hub dataset ids (or names) the model was trained on.
         tags: extra tags, added to the family's own.
         metrics: evaluation averages keyed like scripts/evaluate.py's metrics.json (psnr, ssim, ...).
         eval_dataset: name of the evaluation set the metrics were measured on (e.g. "kodak24").
+        baselines: other methods' averages on the same images (e.g. {"jpeg": {"psnr": ..., "bits_per_pixel": ...}}).
+        perceptual_metric: the perceptual network behind lpips/stlpips, shown beside it.
         training: free text (Markdown) about training: command, data, wall time.
         base_model: the Hub repo this model was converted or fine-tuned from, if any.
     """
@@ -77,6 +93,8 @@ class ModelCardInfo:
     tags: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     eval_dataset: str | None = None
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    perceptual_metric: str | None = None
     training: str | None = None
     base_model: str | None = None
 
@@ -86,37 +104,68 @@ class ModelCardInfo:
             return self.model_name
         return self.repo_id.split("/")[-1] if self.repo_id else None
 
+    @classmethod
+    def from_metrics_file(cls, path: str | Path, **fields: Any) -> "ModelCardInfo":
+        """A card info holding a metrics.json's figures; ``fields`` set the rest (repo_id, datasets, ...)."""
+        evaluation = load_metrics(path)
+        return cls(metrics=evaluation.metrics, eval_dataset=evaluation.dataset, baselines=evaluation.baselines,
+                   perceptual_metric=evaluation.perceptual_metric, **fields)
 
-def parse_metrics(data: Any, source: str = "metrics") -> tuple[dict[str, float], str | None]:
-    """Averages and evaluation-set name from a metrics dict (the content of evaluate.py's metrics.json).
 
-    Accepts flat ``{"psnr": 25.1, ...}``, averages under a summary key (``{"mean": {...}, "per_image":
-    [...]}``) and per-metric statistics (``{"psnr": {"mean": 25.1, "std": 2.0}}``). Unknown keys and
-    per-image rows are ignored; a file with none of the known metrics is an error.
+def _known(block: dict[str, Any]) -> dict[str, float]:
+    """The known metrics of one flat block; a value may also be {"mean": x, ...}."""
+    values: dict[str, float] = {}
+    for key, value in block.items():
+        name = _ALIASES.get(str(key).lower(), str(key).lower())
+        if name not in METRICS or name in values:
+            continue
+        if isinstance(value, dict):
+            value = value.get("mean")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        values[name] = float(value)
+    return values
+
+
+def parse_metrics(data: Any, source: str = "metrics") -> Evaluation:
+    """The model's averages, evaluation set and baselines from a metrics dict.
+
+    Reads scripts/evaluate.py's metrics.json (``means`` per method, the model under ``tokenizer``/``vae``
+    beside ``jpeg``, ``webp``, ...; codebook statistics under ``codebook``; the images' folder under
+    ``data``), and also flat ``{"psnr": 25.1, ...}``, averages under a summary key and per-metric
+    statistics (``{"psnr": {"mean": 25.1, "std": 2.0}}``). Unknown keys and per-image rows are ignored;
+    a file with none of the known metrics is an error.
     """
     if not isinstance(data, dict):
         raise ModelCardError(f"{source}: expected a JSON object of metrics, got {type(data).__name__}")
     dataset = data.get("dataset") or data.get("eval_dataset")
     if dataset is None and isinstance(data.get("data"), str):
-        dataset = Path(data["data"]).name or None
-    candidates = [data] + [data[k] for k in _SUMMARY_KEYS if isinstance(data.get(k), dict)]
-    values: dict[str, float] = {}
-    for block in candidates:
-        for key, value in block.items():
-            name = _ALIASES.get(key.lower(), key.lower())
-            if name not in METRICS or name in values:
-                continue
-            if isinstance(value, dict):
-                value = value.get("mean")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                continue
-            values[name] = float(value)
+        dataset = Path(data["data"].rstrip("/")).name or None
+    values = _known(data)
+    baselines: dict[str, dict[str, float]] = {}
+    for key in _SUMMARY_KEYS:
+        block = data.get(key)
+        if not isinstance(block, dict):
+            continue
+        per_method = {k: v for k, v in block.items() if isinstance(v, dict) and _known(v) and k not in METRICS}
+        if per_method:  # evaluate.py: one entry per method
+            for method, entry in per_method.items():
+                if method.lower().startswith(_BASELINE_PREFIXES):
+                    baselines[method] = _known(entry)
+                else:
+                    values = {**_known(entry), **values}
+        values = {**_known(block), **values}
+    codebook = data.get("codebook")
+    if isinstance(codebook, dict):
+        values = {**_known(codebook), **values}
     if not values:
         raise ModelCardError(f"{source}: no known metric among its keys; expected some of {sorted(METRICS)}")
-    return values, (str(dataset) if dataset is not None else None)
+    perceptual = data.get("perceptual_metric")
+    return Evaluation(values, str(dataset) if dataset is not None else None, baselines,
+                      perceptual if isinstance(perceptual, str) else None)
 
 
-def load_metrics(path: str | Path) -> tuple[dict[str, float], str | None]:
+def load_metrics(path: str | Path) -> Evaluation:
     """``parse_metrics`` of a JSON file."""
     path = Path(path)
     try:
@@ -163,6 +212,7 @@ def card_data(config: AutoencoderConfig, info: ModelCardInfo):
                 task_type=PIPELINE_TAG, task_name="Image reconstruction", dataset_type=dataset,
                 dataset_name=dataset, metric_type=METRICS[key][0], metric_name=METRICS[key][1],
                 metric_value=round(info.metrics[key], 6),
+                metric_config=info.perceptual_metric if key in _PERCEPTUAL else None,
             )
             for key in METRICS
             if key in info.metrics
@@ -231,26 +281,40 @@ def _usage(config: AutoencoderConfig, repo: str) -> str:
         return (
             "from tokenizer import ImageTokenizer\n\n"
             f'tok = ImageTokenizer.from_pretrained("{repo}")\n'
-            'ids = tok.encode("photo.jpg")            # torch.long (h, w), values in [0, tok.vocab_size)\n'
-            "image = tok.decode(ids)                   # (3, H, W) float in [0, 1]"
+            'ids = tok.encode("photo.jpg")    # torch.long (h, w), values in [0, tok.vocab_size)\n'
+            "image = tok.decode(ids)          # (3, H, W) float in [0, 1]"
         )
     return (
         "from tokenizer import ImageVAE\n\n"
         f'vae = ImageVAE.from_pretrained("{repo}")\n'
-        'z = vae.encode("photo.jpg")              # (C, h, w) scaled latents\n'
-        "image = vae.decode(z)                     # (3, H, W) float in [0, 1]"
+        'z = vae.encode("photo.jpg")      # (C, h, w) scaled latents\n'
+        "image = vae.decode(z)            # (3, H, W) float in [0, 1]"
     )
 
 
 def _evaluation(info: ModelCardInfo) -> str:
+    """A table: the model and its baselines (rows) by image metric (columns), then the codebook figures."""
     if not info.metrics:
         return ""
+    methods = {"this model": info.metrics, **info.baselines}
+    columns = [k for k in METRICS if k not in _CODEBOOK and any(k in m for m in methods.values())]
+    if "bits_per_pixel" in columns:  # the rate first: the other columns only compare at equal bpp
+        columns.insert(0, columns.pop(columns.index("bits_per_pixel")))
     where = f" on {info.eval_dataset}" if info.eval_dataset else ""
-    rows = [f"| {METRICS[k][1]} | {_fmt(info.metrics[k])} |" for k in METRICS if k in info.metrics]
-    return "\n".join(
-        ["## Evaluation", "", f"Reconstruction quality{where}, averaged over the images (measured with "
-         "`scripts/evaluate.py`):", "", "| metric | value |", "| --- | --- |", *rows, ""]
-    )
+    lines = ["## Evaluation", "", f"Reconstruction quality{where}, averaged over the images (measured with "
+             "`scripts/evaluate.py`" + ("; baselines on the same images, each at its own bits per pixel" if info.baselines
+                                         else "") + "):", ""]
+    if columns:
+        names = [METRICS[k][1] for k in columns]
+        lines += ["| method | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(columns)]
+        for method, values in methods.items():
+            cells = [_fmt(values[k]) if k in values else "-" for k in columns]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if info.perceptual_metric and any(k in columns for k in _PERCEPTUAL):
+        lines += [f"Perceptual distance: `{info.perceptual_metric}` (lower is better).", ""]
+    lines += [f"- {METRICS[k][1]}: {_fmt(info.metrics[k])}" for k in _CODEBOOK if k in info.metrics]
+    return "\n".join(lines) + "\n"
 
 
 def render_model_card(
