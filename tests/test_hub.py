@@ -358,3 +358,19 @@ def test_subfolder_and_cache_dir(hub, saved_tiny_tokenizer, tmp_path):
     loaded = ImageTokenizer.from_pretrained("alice/multi", subfolder="tokenizer", cache_dir=tmp_path / "own_cache")
     assert loaded.folder.name == "tokenizer" and (tmp_path / "own_cache") in loaded.folder.parents
     assert torch.equal(loaded.encode(images()), tok.encode(images()))
+
+
+def test_readme_hub_example_runs(hub, tiny_tokenizer, tmp_path, monkeypatch):
+    """The README's "Hugging Face Hub" snippet, run as written (from a folder holding its two inputs)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Hugging Face Hub"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python"))]
+    monkeypatch.chdir(tmp_path)
+    tiny_tokenizer.save_pretrained("runs/vq/export")
+    Path("eval").mkdir()
+    Path("eval/metrics.json").write_text(json.dumps(evaluate_style_metrics()))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert torch.equal(namespace["old"].encode(images()), tiny_tokenizer.encode(images()))
+    meta = yaml.safe_load(split_front_matter(hub.files("you/imgtok-vq-f8")["README.md"].decode())[0])
+    assert meta["model-index"][0]["results"][0]["dataset"]["name"] == "kodak24"
