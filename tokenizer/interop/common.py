@@ -116,7 +116,9 @@ def read_state_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises pickle's UnpicklingError for objects it will not rebuild
         if "weights_only" not in str(err):
-            raise WeightsError(f"{path}: not a readable torch checkpoint ({err}); it may be corrupt or truncated") from err
+            raise WeightsError(
+                f"{path}: not a readable torch checkpoint ({err}); it may be corrupt or truncated"
+            ) from err
         warnings.warn(
             f"{path}: holds Python objects beyond tensors (e.g. a Lightning checkpoint's callbacks or "
             "hyper-parameters), which weights_only=True refuses; reading it with the full unpickler, which "

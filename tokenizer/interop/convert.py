@@ -89,7 +89,8 @@ def load_checkpoint(src: str | Path, allow_pickle: bool = False, config: Autoenc
             raise FileNotFoundError(f"{src}: no such file or folder")
         from .hub_fetch import download_diffusers_folder
 
-        path = download_diffusers_folder(str(src), revision=revision, subfolder=subfolder)
+        path = download_diffusers_folder(str(src), revision=revision, subfolder=subfolder,
+                                         include_pickle=allow_pickle)
         if path is None:
             from ..pretrained import resolve_folder
 
@@ -139,7 +140,8 @@ def _describe(config: AutoencoderConfig) -> str:
         code = f"{config.codebook_size} codes x {config.code_dim or config.latent_channels}-d" + (
             ", l2-normalised" if config.l2_normalize else "")
     else:
-        code = f"{config.latent_channels} latent channels, scaling {config.scaling_factor:g}, shift {config.shift_factor:g}"
+        code = (f"{config.latent_channels} latent channels, scaling {config.scaling_factor:g}, "
+                f"shift {config.shift_factor:g}")
     return f"{config.model_type!r}, f{config.downsample_factor}, {code}"
 
 
@@ -165,7 +167,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def add_convert_command(sub) -> None:
     """Register ``imgtok convert`` on the CLI's subparsers object."""
     help_text = "convert a diffusers / taming / LDM / LlamaGen checkpoint into an imgtok model folder"
-    p = sub.add_parser("convert", help=help_text, description=help_text + ". " + __doc__.split("\n\n")[1])
+    description = help_text + ". " + __doc__.split("\n\n")[1].replace("``", "")
+    p = sub.add_parser("convert", help=help_text, description=description)
     p.add_argument("src", help="folder, weights file (.safetensors, .ckpt, .pt, .pth, .bin) or Hub repo id")
     p.add_argument("dst", help="output folder (config.json + model.safetensors)")
     p.add_argument("--allow-pickle", action="store_true",

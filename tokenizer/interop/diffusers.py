@@ -107,7 +107,9 @@ def config_from_diffusers(data: dict[str, Any], source: str) -> tuple[Autoencode
     """The imgtok config of a diffusers AutoencoderKL / VQModel config dict, and notes on what it drops."""
     name = data.get("_class_name")
     if name not in CLASS_TO_TYPE:
-        raise ConfigError(f"{source}: diffusers class {name!r} is not supported; imgtok loads {', '.join(CLASS_TO_TYPE)}")
+        raise ConfigError(
+            f"{source}: diffusers class {name!r} is not supported; imgtok loads {', '.join(CLASS_TO_TYPE)}"
+        )
     cfg = {**_DEFAULTS[name], **data}
     notes: list[str] = []
 
@@ -194,7 +196,8 @@ def _rules(num_levels: int) -> list:
                    lambda m: f"encoder.down.{m[1]}.block.{m[2]}.{_res(m[3])}.{m[4]}"),
         regex_rule(r"encoder\.down_blocks\.(\d+)\.attentions\.(\d+)\." + _ATTN_RE,
                    lambda m: f"encoder.down.{m[1]}.attn.{m[2]}.{attn(m[3], m[4])}", as_conv1x1),
-        regex_rule(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)", r"encoder.down.\1.downsample.conv.\2"),
+        regex_rule(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)",
+                   r"encoder.down.\1.downsample.conv.\2"),
         regex_rule(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\." + _RES,
                    lambda m: f"decoder.up.{up(m[1])}.block.{m[2]}.{_res(m[3])}.{m[4]}"),
         regex_rule(r"decoder\.up_blocks\.(\d+)\.attentions\.(\d+)\." + _ATTN_RE,

@@ -3,14 +3,14 @@ imgtok's own ``config.json`` + ``model.safetensors``).
 
 A diffusers model repo has ``config.json`` + ``diffusion_pytorch_model.safetensors`` at its root (or in
 ``subfolder``); a pipeline repo has ``model_index.json`` and the autoencoder in ``vae/``. Only the
-config files and one safetensors file are downloaded, never the pipeline's other components.
+config files and one weights file are downloaded, never the pipeline's other components.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .diffusers import CONFIG_NAME, PIPELINE_SUBFOLDERS, WEIGHT_NAMES, diffusers_folder
+from .diffusers import CONFIG_NAME, PICKLE_NAMES, PIPELINE_SUBFOLDERS, WEIGHT_NAMES, diffusers_folder
 
 
 def download_diffusers_folder(
@@ -20,12 +20,15 @@ def download_diffusers_folder(
     cache_dir: str | Path | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
+    include_pickle: bool = False,
 ) -> Path | None:
     """The local (cached) folder of a Hub repo's diffusers autoencoder, or None if the repo has none.
 
     Args:
         repo_id: Hub repo id; a diffusers AutoencoderKL/VQModel repo or a pipeline repo (its ``vae/``).
         revision, subfolder, cache_dir, token, local_files_only: as in ``huggingface_hub``.
+        include_pickle: also fetch ``diffusion_pytorch_model.bin`` when there is no safetensors file
+            (for ``imgtok convert --allow-pickle``; it is not read here).
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
@@ -44,7 +47,7 @@ def download_diffusers_folder(
             config = fetch(sub, CONFIG_NAME)
             if config is None or diffusers_folder(config.parent) != config.parent:
                 continue
-            for name in WEIGHT_NAMES:
+            for name in WEIGHT_NAMES + (PICKLE_NAMES if include_pickle else ()):
                 if fetch(sub, name) is not None:
                     return config.parent
             return config.parent  # config without safetensors: the loader names the missing file
