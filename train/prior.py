@@ -48,6 +48,10 @@ def prior_tiny(vocab_size: int, max_seq_len: int) -> PriorConfig:
     return PriorConfig(vocab_size, max_seq_len, n_layer=2, n_head=2, n_embd=64)  # tests and --smoke
 
 
+def prior_xs(vocab_size: int, max_seq_len: int) -> PriorConfig:
+    return PriorConfig(vocab_size, max_seq_len, n_layer=4, n_head=4, n_embd=128)  # a few minutes on a busy CPU
+
+
 def prior_s(vocab_size: int, max_seq_len: int) -> PriorConfig:
     return PriorConfig(vocab_size, max_seq_len, n_layer=4, n_head=4, n_embd=256)  # minutes on a CPU
 
@@ -58,6 +62,7 @@ def prior_m(vocab_size: int, max_seq_len: int) -> PriorConfig:
 
 PRIOR_SIZES: dict[str, Callable[[int, int], PriorConfig]] = {
     "prior-tiny": prior_tiny,
+    "prior-xs": prior_xs,
     "prior-s": prior_s,
     "prior-m": prior_m,
 }
