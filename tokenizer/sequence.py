@@ -369,14 +369,14 @@ class TokenLayout:
         row_starts = torch.cat([row_ends.new_zeros(1), row_ends[:-1] + 1])
         lengths = row_ends - row_starts  # (rows,)
         expected_width = width if width is not None else int(lengths[0])
-        wrong = lengths != expected_width
-        if wrong.any() or expected_width == 0:
-            r = int(wrong.nonzero()[0]) if wrong.any() else 0
+        wrong = (lengths != expected_width) | (lengths == 0)
+        if wrong.any():
+            r = int(wrong.nonzero()[0])
             source = "its size prefix" if width is not None else "its first row"
+            expected = f"{expected_width} ({source})" if expected_width else "at least one"
             raise SequenceError(
                 f"position {body_at + int(row_starts[r])}: row {r} of the image that starts at position {start} "
-                f"has {int(lengths[r])} codes; expected {expected_width} ({source})"
-                + (" and at least one" if expected_width == 0 else "")
+                f"has {int(lengths[r])} codes; expected {expected}"
             )
         rows = row_ends.numel()
         if height is not None and rows != height:

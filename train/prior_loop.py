@@ -265,8 +265,9 @@ class PriorTrainer:
             batch = make_batch(self.layout, [self.val_grids.grid(i) for i in chunk], self.device)
             with self.autocast():
                 logits = self.model(batch.inputs).logits  # (B, T, V)
+            # cross_entropy wants classes on dim 1: (B, T, V) -> (B, V, T); per-position nats (B, T).
             nats = F.cross_entropy(logits.float().transpose(1, 2), batch.targets, ignore_index=-100,
-                                   reduction="none")  # (B, T)
+                                   reduction="none")
             valid = batch.targets != -100
             sums += torch.stack([nats[batch.is_code].sum(), batch.is_code.sum(), nats[valid].sum(), valid.sum()]).double()
         if self.dist.world > 1:
