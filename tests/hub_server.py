@@ -21,6 +21,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 # Files the Hub stores through git-LFS (the Hub decides this from .gitattributes; these are its defaults
@@ -69,6 +70,9 @@ class HubState:
         self.lfs: dict[str, bytes] = {}  # sha256 hex -> content uploaded through the LFS endpoint
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self.cdn_url: str | None = None  # where LFS downloads are redirected (another origin, like the Hub's CDN)
+        # Called as after_request(method, path) once a reply is sent, outside the lock: lets a test change
+        # the repo between two client requests (e.g. a push landing mid-download).
+        self.after_request: Callable[[str, str], None] | None = None
         self.lock = threading.Lock()
 
     def repo(self, repo_type: str, repo_id: str) -> Repo | None:
@@ -163,6 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
             if match:
                 with self.state.lock:
                     handler(self, query=query, **match.groupdict())
+                if self.state.after_request is not None:
+                    self.state.after_request(method, path)
                 return
         self._error(404, None, f"no route for {method} {path}")
 

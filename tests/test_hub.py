@@ -109,6 +109,23 @@ def test_pinned_revision_returns_the_old_weights(hub, tmp_path, monkeypatch):
     assert old.oid in str(pinned.folder) and new.oid in str(latest.folder)
 
 
+def test_a_push_during_a_download_does_not_mix_commits(hub, saved_tiny_tokenizer):
+    folder, tok = saved_tiny_tokenizer
+    first = hub.put_files("alice/busy", {n: (folder / n).read_bytes() for n in ("config.json", "model.safetensors")})
+    newer = different_tokenizer(5).save_pretrained(folder.parent / "newer")
+    pushed = []
+
+    def push_after_config(method, path):  # a new commit lands right after the client fetched config.json
+        if path.endswith("/config.json") and method == "GET" and not pushed:
+            pushed.append(hub.put_files("alice/busy", {"model.safetensors": (newer / "model.safetensors").read_bytes()}))
+
+    hub.state.after_request = push_after_config
+    loaded = ImageTokenizer.from_pretrained("alice/busy")
+    assert pushed, "the concurrent push did not happen"
+    assert first in str(loaded.folder)
+    assert torch.equal(loaded.encode(images()), tok.encode(images()))  # config and weights of one commit
+
+
 def test_push_to_a_branch_leaves_main_alone(hub):
     main, dev = different_tokenizer(1), different_tokenizer(2)
     main.push_to_hub("alice/vq-tiny")

@@ -65,13 +65,17 @@ def download_folder(
     )
 
     where = _where(repo_id, revision, subfolder)
-    paths = []
+    paths: list[Path] = []
+    pinned = revision
     for index, filename in enumerate(filenames):
         try:
             paths.append(Path(hf_hub_download(
-                repo_id=repo_id, filename=filename, revision=revision, subfolder=subfolder, cache_dir=cache_dir,
+                repo_id=repo_id, filename=filename, revision=pinned, subfolder=subfolder, cache_dir=cache_dir,
                 token=token, local_files_only=local_files_only,
             )))
+            # The rest comes from the commit the first file came from: a push between two downloads must
+            # not pair one commit's config with another's weights (and a cached sha needs no request).
+            pinned = _snapshot_sha(paths[0]) or revision
         except HFValidationError as err:
             raise HubError(
                 f"{repo_id!r}: no such local folder, and not a valid Hub repo id ('namespace/name'): {err}"
@@ -94,10 +98,19 @@ def download_folder(
         except EntryNotFoundError as err:
             if index == 0:
                 raise HubError(f"{where}: the repo has no {filename}; expected an imgtok model repo") from err
-            raise _missing_weights(repo_id, where, revision, subfolder, token, filename) from err
+            raise _missing_weights(repo_id, where, pinned, subfolder, token, filename) from err
         except HfHubHTTPError as err:
             raise HubError(f"{where}: the Hub refused the download of {filename}: {err}") from err
     return paths[0].parent
+
+
+def _snapshot_sha(path: Path) -> str | None:
+    """The commit sha in a cache path ``.../snapshots/<sha>/[subfolder/]file``, if it is one."""
+    parts = path.parts
+    for i in range(len(parts) - 2, 0, -1):  # the last "snapshots" above the file
+        if parts[i - 1] == "snapshots":
+            return parts[i] if _COMMIT_SHA.fullmatch(parts[i]) else None
+    return None
 
 
 def _missing_weights(
