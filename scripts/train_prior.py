@@ -15,6 +15,9 @@ against log2(vocabulary). Sequences follow ``tokenizer.TokenLayout`` (raster ord
     python scripts/train_prior.py --tokens TOKENS --out runs/prior
     torchrun --nproc_per_node 2 scripts/train_prior.py --tokens TOKENS --out runs/prior
 
+    # More samples from a trained prior, other settings
+    python scripts/train_prior.py --sample-from runs/prior/prior --out runs/prior/more --num-samples 16 --top-k 50
+
 The run folder gets log.txt, metrics.json (val bits per code, unigram entropy, history), checkpoints/
 (safetensors + JSON; --resume continues from the newest), prior/ (final weights + config.json) and
 samples/ (PNGs and grids.safetensors).
@@ -37,8 +40,8 @@ from tokenizer import ImageTokenizer
 from tokenizer.batch_tokenize import TokenizeConfig, tokenize_dataset
 from tokenizer.image_io import save_image
 from train.data import RandomCrops, list_images
-from train.prior import PRIOR_SIZES
-from train.prior_loop import PriorTrainConfig, run
+from train.prior import PRIOR_SIZES, sample_grids
+from train.prior_loop import PriorTrainConfig, load_prior, run, write_samples
 
 
 def make_smoke_images(folder: Path, count: int, size: int, seed: int = 0) -> None:
@@ -111,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--val-tokens", help="separate shard folder for validation (default: hold out --val-fraction)")
     src.add_argument("--crops-from", help="folder of photos: write random crops and tokenize them first")
     src.add_argument("--smoke", action="store_true", help="made-up images + a vq-tiny tokenizer, a few steps")
+    src.add_argument("--sample-from", help="no training: sample a trained prior folder (RUN/prior) into --out")
+    ap.add_argument("--sample-size", type=int, nargs=2, metavar=("H", "W"),
+                    help="--sample-from: grid size to sample (default: the commonest training shape)")
     src.add_argument("--model", help="tokenizer for --crops-from (folder or Hub repo id; default: bundled)")
     src.add_argument("--crop-size", type=int, default=128)
     src.add_argument("--crops-per-photo", type=int, default=40)
@@ -140,8 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     args = ap.parse_args(argv)
-    if sum(bool(x) for x in (args.tokens, args.crops_from, args.smoke)) != 1:
-        ap.error("give exactly one of --tokens, --crops-from, --smoke")
+    if sum(bool(x) for x in (args.tokens, args.crops_from, args.smoke, args.sample_from)) != 1:
+        ap.error("give exactly one of --tokens, --crops-from, --smoke, --sample-from")
     if not args.smoke and not args.out:
         ap.error("--out is required (except with --smoke)")
     for name, value in (SMOKE_DEFAULTS if args.smoke else DEFAULTS).items():
@@ -150,8 +156,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def sample_only(args: argparse.Namespace) -> int:
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    model, layout, config = load_prior(args.sample_from, device)
+    h, w = args.sample_size or config["sample_shape"]
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    grids = sample_grids(model, layout, args.num_samples, h, w, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, generator=generator)
+    paths = write_samples(grids.cpu(), args.tokenizer or config["tokenizer"], args.out, device)
+    print(f"[prior] {len(paths)} samples of {h} x {w} codes in {args.out}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.sample_from:
+        return sample_only(args)
     rank = int(os.environ.get("RANK", 0))
     tokens, val_tokens, tokenizer = args.tokens, args.val_tokens, args.tokenizer
     if args.smoke:

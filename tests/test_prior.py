@@ -134,3 +134,11 @@ def test_smoke_run_learns_and_writes_decodable_samples(tmp_path):
     assert {p.name for p in (out / "checkpoints" / "step_0000060").iterdir()} == {
         "model.safetensors", "optim.safetensors", "state.json",
     }
+
+    # More samples from the saved prior, another grid shape, without training.
+    more = tmp_path / "more"
+    args = ["--sample-from", str(out / "prior"), "--out", str(more), "--num-samples", "2", "--sample-size", "4", "6",
+            "--top-k", "8", "--temperature", "0.8"]
+    assert _script().main(args) == 0
+    assert load_file(str(more / "grids.safetensors"))["ids"].shape == (2, 4, 6)
+    assert Image.open(more / "sample_001.png").size == (12, 8)  # (W, H): f = 2

@@ -360,26 +360,31 @@ class PriorTrainer:
 
     def sample(self) -> list[str]:
         """Draw ``num_samples`` grids of the commonest training shape and decode them to PNGs."""
-        from tokenizer import ImageTokenizer
-        from tokenizer.image_io import save_image
-
         cfg = self.cfg
-        h, w = self.sample_shape
         generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         with self.autocast():
-            grids = sample_grids(self.model, self.layout, cfg.num_samples, h, w, temperature=cfg.temperature,
-                                 top_k=cfg.top_k, top_p=cfg.top_p, generator=generator).cpu()  # (N, h, w)
-        out = self.run_dir / "samples"
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({"ids": grids.to(torch.int32).contiguous()}, str(out / "grids.safetensors"))
-        tok = ImageTokenizer.from_pretrained(self.tokenizer_source(), device=self.device)
-        images = tok.decode(grids)  # (N, 3, H, W)
-        paths = []
-        for i, image in enumerate(images):
-            path = out / f"sample_{i:03d}.png"
-            save_image(image, path)
-            paths.append(str(path))
-        return paths
+            grids = sample_grids(self.model, self.layout, cfg.num_samples, *self.sample_shape,
+                                 temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
+        return write_samples(grids.cpu(), self.tokenizer_source(), self.run_dir / "samples", self.device)
+
+
+def write_samples(grids: torch.Tensor, tokenizer: str, folder: str | Path,
+                  device: str | torch.device = "cpu") -> list[str]:
+    """(N, h, w) sampled codes -> ``folder/grids.safetensors`` and ``sample_XXX.png`` decoded by ``tokenizer``."""
+    from tokenizer import ImageTokenizer
+    from tokenizer.image_io import save_image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"ids": grids.to(torch.int32).contiguous()}, str(folder / "grids.safetensors"))
+    tok = ImageTokenizer.from_pretrained(tokenizer, device=device)
+    images = tok.decode(grids)  # (N, 3, H, W)
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"sample_{i:03d}.png"
+        save_image(image, path)
+        paths.append(str(path))
+    return paths
 
 
 def run(cfg: PriorTrainConfig, resume: bool = False) -> PriorResult:
@@ -390,4 +395,4 @@ def run(cfg: PriorTrainConfig, resume: bool = False) -> PriorResult:
 
 
 __all__ = ["PriorTrainConfig", "PriorTrainer", "PriorResult", "TokenGrids", "UnigramStats", "Batch",
-           "make_batch", "unigram_stats", "lr_at", "save_prior", "load_prior", "run"]
+           "make_batch", "unigram_stats", "lr_at", "save_prior", "load_prior", "write_samples", "run"]
