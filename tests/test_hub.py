@@ -151,6 +151,8 @@ def test_offline_loads_from_the_cache_without_any_request(hub, tiny_tokenizer, m
     assert torch.equal(offline.encode(images()), online.encode(images()))
     with pytest.raises(HubError, match="not in the local cache and downloads are off"):
         ImageTokenizer.from_pretrained("alice/never-downloaded")
+    with pytest.raises(HubError, match="cannot push while HF_HUB_OFFLINE is set"):
+        tiny_tokenizer.push_to_hub("alice/vq-tiny")
     assert len(hub.state.requests) == seen
 
 
