@@ -157,7 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def sample_only(args: argparse.Namespace) -> int:
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model, layout, config = load_prior(args.sample_from, device)
     h, w = args.sample_size or config["sample_shape"]
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -214,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     result = run(cfg, resume=args.resume)
     if rank == 0:
-        print(f"[prior] val {result.val_bits_per_code:.3f} bits/code (before training: {result.first_val_bits_per_code:.3f}); "
+        print(f"[prior] val {result.val_bits_per_code:.3f} bits/code "
+              f"(before training: {result.first_val_bits_per_code:.3f}); "
               f"unigram entropy {result.unigram_entropy_bits:.3f} bits; uniform {result.uniform_bits:.3f} bits; "
               f"{len(result.samples)} samples; {result.seconds:.1f}s training; run folder {out}", flush=True)
     return 0

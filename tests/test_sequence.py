@@ -17,7 +17,8 @@ LAYOUTS = [
 
 def test_ids_and_vocab_size():
     layout = TokenLayout(image_vocab_size=16, text_vocab_size=100)
-    assert (layout.image_offset, layout.boi_id, layout.eoi_id, layout.eol_id, layout.pad_id) == (100, 116, 117, 118, 119)
+    ids = (layout.image_offset, layout.boi_id, layout.eoi_id, layout.eol_id, layout.pad_id)
+    assert ids == (100, 116, 117, 118, 119)
     assert layout.vocab_size == 120
     assert layout.special_tokens == {
         "<|image_start|>": 116, "<|image_end|>": 117, "<|image_eol|>": 118, "<|image_pad|>": 119,
@@ -160,7 +161,8 @@ B, E, N, P = L.boi_id, L.eoi_id, L.eol_id, L.pad_id
         (_seq(1, 10, 2), r"position 1: image code 0 \(id 10\) outside any image"),
         (_seq(1, E), r"position 1: <\|image_end\|> without an <\|image_start\|>"),
         (_seq(B, 10, N, B, 11, N, E), r"position 3: <\|image_start\|> inside the image that starts at position 0"),
-        (_seq(B, 10, 11, N, 12, N, E), r"position 4: row 1 of the image that starts at position 0 has 1 codes; expected 2"),
+        (_seq(B, 10, 11, N, 12, N, E), r"position 4: row 1 of the image that starts at position 0 has 1 codes; "
+                                         r"expected 2"),
         (_seq(B, 10, 11, N, 12, E), r"position 5: the last row .* not closed by <\|image_eol\|>"),
         (_seq(B, 10, 3, N, E), r"position 2: text token 3 inside the image that starts at position 0"),
         (_seq(B, 10, 99, N, E), r"position 2: id 99, outside the vocabulary \[0, 18\) inside the image"),

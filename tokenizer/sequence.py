@@ -4,7 +4,10 @@ Multimodal LLMs that generate images token by token (Chameleon, Chameleon Team 2
 2024; Show-o, Xie et al. 2024; Janus, Wu et al. 2024) put the codes of an image tokenizer into the same
 sequence as text, bracketed by begin/end-of-image tokens. ``TokenLayout`` fixes one such layout:
 
-    ... text ... <|image_start|> [<|image_size_h|> <|image_size_w|>] c c ... c <|image_eol|> c ... <|image_eol|> <|image_end|> ... text ...
+    ... text ... <|image_start|> [<|image_size_h|> <|image_size_w|>]
+                 c c ... c <|image_eol|>   (one row of w codes, h rows)
+                 ...
+                 c c ... c <|image_eol|> <|image_end|> ... text ...
 
 Ids, for a text vocabulary of size V and an image vocabulary of size K:
 
@@ -346,7 +349,8 @@ class TokenLayout:
         bad = ~(is_code | is_eol)
         if bad.any():
             p = body_at + int(bad.nonzero()[0])
-            expected = f"an image code (id in [{self.image_offset}, {self.boi_id}))" + (" or <|image_eol|>" if self.eol else "")
+            expected = f"an image code (id in [{self.image_offset}, {self.boi_id}))"
+            expected += " or <|image_eol|>" if self.eol else ""
             raise SequenceError(
                 f"position {p}: {self.describe(seq[p])} inside the image that starts at position {start}; "
                 f"expected {expected}"

@@ -231,7 +231,8 @@ def sample_grids(
     needed = layout.sequence_length(height, width) - 1  # the final <|image_end|> is never fed back
     if needed > model.config.max_seq_len:
         raise ValueError(
-            f"sample_grids: a {height} x {width} grid needs {needed} positions; the model has {model.config.max_seq_len}"
+            f"sample_grids: a {height} x {width} grid needs {needed} positions; "
+            f"the model has {model.config.max_seq_len}"
         )
     device = next(model.parameters()).device
     was_training = model.training

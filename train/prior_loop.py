@@ -179,7 +179,8 @@ class PriorTrainer:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         # "auto" is bf16 on CUDA only: at this width the CPU's bf16 matmuls gain little and cost accuracy.
-        self.amp_dtype = None if (cfg.amp == "auto" and self.device.type != "cuda") else autocast_dtype(cfg.amp, self.device)
+        cpu_auto = cfg.amp == "auto" and self.device.type != "cuda"
+        self.amp_dtype = None if cpu_auto else autocast_dtype(cfg.amp, self.device)
         self.run_dir = Path(cfg.out)
         torch.manual_seed(cfg.seed + self.dist.rank)  # seed per rank (DiT)
 
@@ -269,7 +270,8 @@ class PriorTrainer:
             nats = F.cross_entropy(logits.float().transpose(1, 2), batch.targets, ignore_index=-100,
                                    reduction="none")
             valid = batch.targets != -100
-            sums += torch.stack([nats[batch.is_code].sum(), batch.is_code.sum(), nats[valid].sum(), valid.sum()]).double()
+            parts = [nats[batch.is_code].sum(), batch.is_code.sum(), nats[valid].sum(), valid.sum()]
+            sums += torch.stack(parts).double()
         if self.dist.world > 1:
             dist.all_reduce(sums)
         self.model.train()
