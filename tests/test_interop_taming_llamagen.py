@@ -210,3 +210,7 @@ def test_bad_layouts_name_the_key(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(WeightsError, match="junk.safetensors"):
         convert(tmp_path / "junk.safetensors", tmp_path / "o4")
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04 truncated")
+    with pytest.raises(WeightsError, match="junk.pt.*corrupt or truncated"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the safe unpickler refuses it first, as it would a Lightning file
+        convert(tmp_path / "junk.pt", tmp_path / "o5", allow_pickle=True)

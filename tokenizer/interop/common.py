@@ -129,7 +129,9 @@ def read_state_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err2:
-            raise WeightsError(f"{path}: could not be unpickled ({err2})") from err2
+            raise WeightsError(
+                f"{path}: not a readable torch checkpoint ({err2}); it may be corrupt or truncated"
+            ) from err2
     return unwrap_checkpoint(obj, str(path))
 
 

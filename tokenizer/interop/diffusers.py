@@ -68,7 +68,11 @@ def diffusers_folder(folder: str | Path) -> Path | None:
     """The folder holding a diffusers autoencoder's config.json: ``folder`` itself or its ``vae/`` (a
     pipeline repo); None when ``folder`` is no diffusers autoencoder (e.g. an imgtok folder)."""
     folder = Path(folder)
-    for candidate in (folder, *(folder / sub for sub in PIPELINE_SUBFOLDERS)):
+    if (folder / CONFIG_NAME).is_file():  # a model folder: only its own config counts
+        candidates = [folder]
+    else:  # a pipeline folder (model_index.json): the autoencoder component
+        candidates = [folder / sub for sub in PIPELINE_SUBFOLDERS]
+    for candidate in candidates:
         data = read_json(candidate / CONFIG_NAME)
         if data is not None and "_class_name" in data and "imgtok_model_type" not in data:
             return candidate
