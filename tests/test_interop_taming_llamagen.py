@@ -3,7 +3,8 @@
 Each test takes a random imgtok model, writes its tensors under the key names the other library's public
 code gives its modules (taming ``taming/modules/diffusionmodules/model.py`` + ``taming/models/vqgan.py``,
 LlamaGen ``tokenizer/tokenizer_image/vq_model.py``), in the file format that library saves, converts the
-file back with ``imgtok convert`` and checks that config, tensors and outputs come back unchanged.
+file back with ``imgtok convert`` and checks that config, tensors and outputs come back unchanged. Where
+the ``taming-transformers`` package is importable, one more test runs its own modules against ours.
 """
 
 from __future__ import annotations
@@ -214,3 +215,42 @@ def test_bad_layouts_name_the_key(tmp_path):
     with pytest.raises(WeightsError, match="junk.pt.*corrupt or truncated"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the safe unpickler refuses it first, as it would a Lightning file
         convert(tmp_path / "junk.pt", tmp_path / "o5", allow_pickle=True)
+
+
+def test_matches_the_real_taming_modules(tmp_path):
+    """Against taming-transformers' own Encoder/Decoder/VectorQuantizer, where that package is installed
+    (PyPI ``taming-transformers``; its Lightning dependencies are not needed for these modules)."""
+    model_py = pytest.importorskip("taming.modules.diffusionmodules.model")
+    quantize_py = pytest.importorskip("taming.modules.vqvae.quantize")
+    from torch import nn
+
+    dd = dict(double_z=False, z_channels=64, resolution=32, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2],
+              num_res_blocks=1, attn_resolutions=[16], dropout=0.0)
+
+    class TamingVQ(nn.Module):  # taming.models.vqgan.VQModel's attribute names, without Lightning
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.decoder = model_py.Encoder(**dd), model_py.Decoder(**dd)
+            self.quantize = quantize_py.VectorQuantizer(64, 16, beta=0.25)
+            self.quant_conv, self.post_quant_conv = nn.Conv2d(64, 16, 1), nn.Conv2d(16, 64, 1)
+
+    theirs = TamingVQ().eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+        h = theirs.quant_conv(theirs.encoder(x))  # (B, 16, 16, 16)
+        flat = h.permute(0, 2, 3, 1).reshape(-1, 16)  # (N, 16): seed the codes from real latents
+        theirs.quantize.embedding.weight.copy_(flat[torch.randperm(flat.shape[0])[:64]])
+        z_q, _, (_, _, their_ids) = theirs.quantize(h)
+        reference = theirs.decoder(theirs.post_quant_conv(z_q))
+    state = dict(theirs.state_dict(), **{"loss.discriminator.main.0.weight": torch.randn(8, 3, 4, 4)})
+    torch.save({"state_dict": state, "global_step": 1}, tmp_path / "last.ckpt")
+    convert(tmp_path / "last.ckpt", tmp_path / "out", allow_pickle=True)
+    ours = load_folder(tmp_path / "out")
+    assert ours.config.attn_levels == (1,) and ours.config.post_quant_to_z
+    with torch.no_grad():
+        ids = ours.encode_ids(x)
+        assert torch.equal(ids.flatten(), their_ids.flatten())
+        torch.testing.assert_close(ours.decode_ids(ids), reference, atol=1e-4, rtol=0)
