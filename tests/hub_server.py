@@ -222,11 +222,17 @@ class _Handler(BaseHTTPRequestHandler):
         target = self._visible(REPO_TYPES[kind], repo)
         if target is None:
             return
+        head = target.resolve(rev)
+        current = target.commits[head] if head else {}
         files = []
         for entry in body["files"]:
             mode = "lfs" if is_lfs(entry["path"], entry["size"]) else "regular"
-            files.append({"path": entry["path"], "uploadMode": mode, "shouldIgnore": False})
-        self._json(200, {"files": files, "commitOid": target.resolve(rev)})
+            reply = {"path": entry["path"], "uploadMode": mode, "shouldIgnore": False}
+            if entry["path"] in current:  # the client skips a file whose oid equals its local one
+                old = current[entry["path"]]
+                reply["oid"] = hashlib.sha256(old).hexdigest() if mode == "lfs" else git_blob_sha(old)
+            files.append(reply)
+        self._json(200, {"files": files, "commitOid": head})
 
     def lfs_batch(self, query, prefix, repo):
         body = json.loads(self._body())

@@ -102,6 +102,7 @@ def test_pinned_revision_returns_the_old_weights(hub, tmp_path, monkeypatch):
     old = first.push_to_hub("alice/vq-tiny")
     new = second.push_to_hub("alice/vq-tiny", commit_message="retrained")
     assert old.oid != new.oid
+    assert second.push_to_hub("alice/vq-tiny").oid == new.oid  # nothing changed: no new commit
     assert not torch.equal(first.encode(images()), second.encode(images()))
     fresh_cache(monkeypatch, tmp_path, "cache2")
     pinned = ImageTokenizer.from_pretrained("alice/vq-tiny", revision=old.oid)
@@ -280,6 +281,9 @@ def test_save_pretrained_writes_the_card_and_can_skip_it(tiny_tokenizer, tmp_pat
     assert meta["library_name"] == "imgtok" and "model-index" not in meta and "datasets" not in meta
     bare = tiny_tokenizer.save_pretrained(tmp_path / "b", model_card=False)
     assert not (bare / "README.md").exists()
+    again = tiny_tokenizer.save_pretrained(tmp_path / "a2")
+    for name in ("config.json", "model.safetensors", "README.md"):  # same model, same bytes: no spurious commits
+        assert (again / name).read_bytes() == (folder / name).read_bytes(), name
     custom = tiny_tokenizer.save_pretrained(tmp_path / "c", model_card="# my card\n")
     assert (custom / "README.md").read_text() == "# my card\n"
     assert torch.equal(ImageTokenizer.from_pretrained(folder).encode(images()), tiny_tokenizer.encode(images()))

@@ -39,7 +39,10 @@ def save_folder(model: torch.nn.Module, folder: str | Path, dtype: torch.dtype |
         if dtype is not None and value.is_floating_point() and not key.startswith("quantizer."):
             value = value.to(dtype)  # codebook stays fp32: low precision flips nearest-code ids
         state[key] = value.contiguous().cpu()
-    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "library": "imgtok"})
+    # One metadata key only: safetensors writes the metadata map in hash order, so with two keys the same
+    # weights gave different bytes on every save (a needless new Hub commit, a changing sha256).
+    # config.json's imgtok_model_type already says which library wrote the folder.
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     return folder
 
 
