@@ -28,7 +28,9 @@ def find_model_folder(path: Path) -> tuple[Path, Path | None]:
         return path, run
     if (path / "export" / WEIGHTS_NAME).is_file():
         return path / "export", path
-    raise SystemExit(f"push_to_hub: {path}: neither a model folder (config.json + model.safetensors) nor a run with export/")
+    raise SystemExit(
+        f"push_to_hub: {path}: neither a model folder (config.json + model.safetensors) nor a run with export/"
+    )
 
 
 def training_notes(run: Path | None) -> str | None:

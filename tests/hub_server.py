@@ -446,7 +446,9 @@ class HubServer:
             raise KeyError(repo_id)
         return repo.commits[repo.resolve(revision)]
 
-    def put_files(self, repo_id: str, files: dict[str, bytes | None], branch: str = "main", private: bool = False) -> str:
+    def put_files(
+        self, repo_id: str, files: dict[str, bytes | None], branch: str = "main", private: bool = False
+    ) -> str:
         """Commit ``files`` directly (creating the repo if needed), bypassing the client: returns the sha."""
         with self.state.lock:
             repo = self.state.repo("model", repo_id)

@@ -37,7 +37,8 @@ def hub(tmp_path, monkeypatch):
     for name, value in {"HF_ENDPOINT": server.url, "HF_HOME": str(home), "HF_HUB_DISABLE_XET": "1",
                         "HF_TOKEN": "hf_imgtok_test_token"}.items():
         monkeypatch.setenv(name, value)
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGING_FACE_HUB_TOKEN",
+                 "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
     patches = {
         "ENDPOINT": server.url,
@@ -120,7 +121,8 @@ def test_a_push_during_a_download_does_not_mix_commits(hub, saved_tiny_tokenizer
 
     def push_after_config(method, path):  # a new commit lands right after the client fetched config.json
         if path.endswith("/config.json") and method == "GET" and not pushed:
-            pushed.append(hub.put_files("alice/busy", {"model.safetensors": (newer / "model.safetensors").read_bytes()}))
+            weights = (newer / "model.safetensors").read_bytes()
+            pushed.append(hub.put_files("alice/busy", {"model.safetensors": weights}))
 
     hub.state.after_request = push_after_config
     loaded = ImageTokenizer.from_pretrained("alice/busy")
@@ -269,7 +271,8 @@ def test_pushed_card_front_matter(hub, tiny_tokenizer):
     # The body: architecture, vocabulary, f, bpp, usage with this repo id, the metrics table.
     assert "64 codes" in body and "| downsampling factor f | 2" in body and "| bits per pixel | 1.5" in body
     assert 'ImageTokenizer.from_pretrained("alice/vq-tiny")' in body
-    assert "| this model | 1.5 | 24.5 | 0.71 | 0.9 | 0.21 |" in body and "python -m train --preset vq-tiny --smoke" in body
+    assert "| this model | 1.5 | 24.5 | 0.71 | 0.9 | 0.21 |" in body
+    assert "python -m train --preset vq-tiny --smoke" in body
     # huggingface_hub's own parser agrees (it rebuilds model-index into EvalResults).
     card = ModelCard(text)
     assert card.data.library_name == "imgtok" and len(card.data.eval_results) == len(METRICS)
@@ -312,8 +315,10 @@ def test_metrics_files_in_the_shapes_evaluate_writes(tmp_path):
     assert ev.metrics == {"psnr": 23.9, "ssim": 0.66, "ms_ssim": 0.88, "stlpips": 0.25, "bits_per_pixel": 0.1875,
                           "codebook_usage": 0.99, "perplexity": 3900.0}
     assert ev.dataset == "kodak24" and ev.perceptual_metric == "stlpips-alex"
-    assert ev.baselines == {"jpeg": {"psnr": 25.4, "ssim": 0.7, "ms_ssim": 0.9, "stlpips": 0.31, "bits_per_pixel": 0.1871},
-                            "webp": {"psnr": 28.0, "stlpips": 0.27, "bits_per_pixel": 0.1869}}
+    assert ev.baselines == {
+        "jpeg": {"psnr": 25.4, "ssim": 0.7, "ms_ssim": 0.9, "stlpips": 0.31, "bits_per_pixel": 0.1871},
+        "webp": {"psnr": 28.0, "stlpips": 0.27, "bits_per_pixel": 0.1869},
+    }
     flat = parse_metrics(METRICS)
     assert (flat.metrics, flat.dataset, flat.baselines) == (METRICS, None, {})
     nested = parse_metrics({"dataset": "kodak24", "mean": {"psnr": 25.0, "ms-ssim": 0.93, "seconds": 3.0}})

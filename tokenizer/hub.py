@@ -87,14 +87,18 @@ def download_folder(
                 f"{repo_id}: no such local folder or Hub repo (if the repo is private, log in or pass token=)"
             ) from err
         except RevisionNotFoundError as err:
-            raise HubError(f"{repo_id}: revision {revision!r} not found (expected a branch, tag or commit sha)") from err
+            raise HubError(
+                f"{repo_id}: revision {revision!r} not found (expected a branch, tag or commit sha)"
+            ) from err
         except LocalEntryNotFoundError as err:  # before EntryNotFoundError, its base class
             if _offline(local_files_only):
                 raise HubError(
                     f"{where}: {filename} is not in the local cache and downloads are off "
                     "(HF_HUB_OFFLINE=1 or local_files_only=True); load it once online first"
                 ) from err
-            raise HubError(f"{where}: could not reach the Hub and {filename} is not in the local cache ({err})") from err
+            raise HubError(
+                f"{where}: could not reach the Hub and {filename} is not in the local cache ({err})"
+            ) from err
         except EntryNotFoundError as err:
             if index == 0:
                 raise HubError(f"{where}: the repo has no {filename}; expected an imgtok model repo") from err

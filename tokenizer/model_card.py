@@ -248,7 +248,8 @@ def _facts(config: AutoencoderConfig, num_parameters: int | None) -> list[tuple[
 
 def _architecture(config: AutoencoderConfig) -> str:
     widths = [config.base_channels * m for m in config.channel_mult]
-    attn = (f"self-attention at levels {list(config.attn_levels)}" if config.attn_levels else "no self-attention in the levels")
+    attn = (f"self-attention at levels {list(config.attn_levels)}" if config.attn_levels
+            else "no self-attention in the levels")
     lines = [
         "## Architecture",
         "",
@@ -260,7 +261,8 @@ def _architecture(config: AutoencoderConfig) -> str:
         f"- encoder output: {config.z_channels} channels; bottleneck input: {config.latent_channels} channels",
     ]
     if isinstance(config, VQConfig):
-        lookup = "cosine similarity on l2-normalised codes (ViT-VQGAN, Yu et al. 2021)" if config.l2_normalize else "Euclidean distance"
+        lookup = ("cosine similarity on l2-normalised codes (ViT-VQGAN, Yu et al. 2021)" if config.l2_normalize
+                  else "Euclidean distance")
         dims = (f"factorised {config.code_dim}-d codes with in/out projections" if config.code_dim
                 else f"{config.latent_channels}-d codes")
         update = "EMA codebook updates" if config.use_ema else "codebook loss"
@@ -301,9 +303,9 @@ def _evaluation(info: ModelCardInfo) -> str:
     if "bits_per_pixel" in columns:  # the rate first: the other columns only compare at equal bpp
         columns.insert(0, columns.pop(columns.index("bits_per_pixel")))
     where = f" on {info.eval_dataset}" if info.eval_dataset else ""
+    compared = "; baselines on the same images, each at its own bits per pixel" if info.baselines else ""
     lines = ["## Evaluation", "", f"Reconstruction quality{where}, averaged over the images (measured with "
-             "`scripts/evaluate.py`" + ("; baselines on the same images, each at its own bits per pixel" if info.baselines
-                                         else "") + "):", ""]
+             f"`scripts/evaluate.py`{compared}):", ""]
     if columns:
         names = [METRICS[k][1] for k in columns]
         lines += ["| method | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(columns)]
