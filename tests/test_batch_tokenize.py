@@ -162,6 +162,30 @@ def test_two_ranks_give_the_same_output_as_one(env):
     assert _files(r1.output) == _files(env["reference"])
 
 
+def _distributed_rank(rank: int, store: str, fields: dict) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        result = tokenize_dataset(TokenizeConfig(**fields))  # rank and world size come from the process group
+        Path(fields["output"], f"rank{rank}.json").write_text(json.dumps([result.rank, result.world_size, result.images]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_torch_distributed_ranks_split_the_work_and_rank0_merges(env):
+    import torch.multiprocessing as mp
+
+    fields = dict(env["config"].__dict__, output=str(env["base"] / "distributed"), workers=0)
+    mp.start_processes(_distributed_rank, args=(str(env["base"] / "dist_store"), fields), nprocs=2,
+                       start_method="fork")
+    out = env["base"] / "distributed"
+    shares = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    for r in range(2):
+        (out / f"rank{r}.json").unlink()
+    assert [s[:2] for s in shares] == [[0, 2], [1, 2]] and all(s[2] > 0 for s in shares)
+    assert sum(s[2] for s in shares) == env["result"].images  # disjoint shares
+    assert _files(out) == _files(env["reference"])
+
+
 def test_merge_only_after_ranks_and_reader_without_merge(env):
     _run(env, "ranks_nomerge", rank=1, world_size=2)
     out = _run(env, "ranks_nomerge", rank=0, world_size=2).output
@@ -282,6 +306,9 @@ def test_bad_arguments_raise_clear_errors(env, tmp_path):
         _run(env, "bad", input=str(tmp_path / "empty"))
     with pytest.raises(TokenizeError, match="rank 2 of world size 2"):
         _run(env, "bad", rank=2, world_size=2)
+    (tmp_path / "broken.tar").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(TokenizeError, match="broken.tar: not a readable tar"):
+        _run(env, "bad", input=str(tmp_path / "broken.tar"))
 
 
 def test_command_line_front_ends_run_the_same_engine(env, capsys):

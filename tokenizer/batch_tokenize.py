@@ -146,7 +146,10 @@ def resolve_input(spec: str | os.PathLike) -> InputSpec:
 
 
 def _walk_sorted(root: Path, rel: str = "") -> Iterator[str]:
-    """Image paths under ``root`` relative to it, sorted entry by entry (a stream: memory is one directory)."""
+    """Image paths under ``root`` relative to it, sorted entry by entry (a stream: memory is one directory).
+
+    Hidden entries are skipped; symlinked files are followed, symlinked directories are not (no loops).
+    """
     with os.scandir(root / rel if rel else root) as it:
         entries = sorted(it, key=lambda e: e.name)
     for entry in entries:
@@ -227,23 +230,27 @@ def _iter_tar(tar_path: str, max_pixels: int) -> Iterator[_Item]:
         side = {ext: read_side(ext, m) for m in members if (ext := _tar_key(m.name)[1]) in SIDE_EXTENSIONS}
         return _Item(Source(key, tar_path, image.name), read_pixels, side)
 
-    with tarfile.open(tar_path, "r:*") as tf:
-        key, group = None, []
-        for member in tf:  # reads headers only; a member's data is read when (and if) it is asked for
-            if not member.isfile():
-                continue
-            member_key = _tar_key(member.name)[0]
-            if group and member_key != key:
+    try:
+        with tarfile.open(tar_path, "r:*") as tf:
+            key, group = None, []
+            for member in tf:  # reads headers only; a member's data is read when (and if) it is asked for
+                if not member.isfile():
+                    continue
+                member_key = _tar_key(member.name)[0]
+                if group and member_key != key:
+                    found = item(key, group, tf)
+                    if found is not None:
+                        yield found
+                    group = []
+                key = member_key
+                group.append(member)
+            if group:
                 found = item(key, group, tf)
                 if found is not None:
                     yield found
-                group = []
-            key = member_key
-            group.append(member)
-        if group:
-            found = item(key, group, tf)
-            if found is not None:
-                yield found
+    except tarfile.TarError as err:
+        # A damaged tar cannot be walked past: stop before writing anything (the count pass meets it first).
+        raise TokenizeError(f"{tar_path}: not a readable tar archive ({err}); expected WebDataset .tar shards") from err
 
 
 def iter_items(spec: InputSpec, max_pixels: int = MAX_PIXELS) -> Iterator[_Item]:
@@ -556,7 +563,8 @@ class _DecodeStream(IterableDataset):
             image = item.read_image()  # (3, H, W) in [0, 1]
             side = {ext: read() for ext, read in item.side.items()}
             record.update(pixels=self.preprocess(image), height=image.shape[-2], width=image.shape[-1], side=side)
-        except (ImageError, OSError, ValueError, tarfile.TarError) as err:  # bad image or side file: record, go on
+        # A bad image or side file is recorded and the run goes on (RuntimeError: a tensor op on odd data).
+        except (ImageError, OSError, ValueError, RuntimeError, tarfile.TarError) as err:
             record["error"] = f"{type(err).__name__}: {err}"
         return record
 
