@@ -106,6 +106,28 @@ class PerceptualDistance(nn.Module):
             out = self.net(x.float(), y.float())  # (B, 1, 1, 1)
         return out.reshape(x.shape[0])  # (B, 1, 1, 1) -> (B,)
 
+    # An evaluation compares one original with several reconstructions; its features are computed once.
+    # Both backends share LPIPS' layout (scaling_layer, net, lins, L), so this is LPIPS' forward in two
+    # halves (Zhang et al. 2018, eq. 1: unit-normalise features per position, weight squared differences
+    # per channel, average over positions, sum over layers); a test checks it equals ``forward``.
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Unit-normalised backbone features of (B, 3, H, W) images in [-1, 1], for :meth:`distance`."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            if getattr(self.net, "version", "0.1") == "0.1":
+                x = self.net.scaling_layer(x)
+            feats = self.net.net.forward(x)
+            # LPIPS' normalize_tensor: divide by the channel norm at each position.
+            return [f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10) for f in list(feats)[: self.net.L]]
+
+    def distance(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        """Distances (B,) from two :meth:`features` lists."""
+        total = None
+        for layer, (a, b) in enumerate(zip(fx, fy)):
+            term = self.net.lins[layer]((a - b).pow(2)).mean(dim=(2, 3))  # (B, 1)
+            total = term if total is None else total + term
+        return total[:, 0]
+
     def extra_repr(self) -> str:
         return f"name={self.name}"
 
