@@ -118,9 +118,11 @@ def _ssim_terms(x: torch.Tensor, y: torch.Tensor, window: tuple[int, float]) -> 
     """Per-image luminance*contrast*structure (SSIM) and contrast*structure (cs) means: (B,), (B,)."""
     g = _gaussian_window(window[0], window[1], torch.float64).to(device=x.device, dtype=torch.float32)
     c1, c2 = (SSIM_K1 * DATA_RANGE) ** 2, (SSIM_K2 * DATA_RANGE) ** 2
-    # Centre on mid-grey before the fp32 blur: E[x^2] - E[x]^2 then cancels on numbers near 0, not 65025,
-    # so the local variances keep their digits (variances and covariances do not change with the shift).
-    xs, ys = x - DATA_RANGE / 2, y - DATA_RANGE / 2
+    # Centre each channel on its mean before the fp32 blur: E[x^2] - E[x]^2 then cancels on numbers near 0,
+    # not near 65025, so local variances keep their digits (variances and covariances ignore the shift).
+    shift_x = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+    shift_y = y.mean(dim=(2, 3), keepdim=True)
+    xs, ys = x - shift_x, y - shift_y
     batch, channels, height, width = x.shape
     maps = torch.stack([xs, ys, xs * xs, ys * ys, xs * ys]).reshape(5 * batch * channels, height, width)  # (5BC, H, W)
     blurred = _blur(maps, g)  # (5BC, H', W')
@@ -130,7 +132,7 @@ def _ssim_terms(x: torch.Tensor, y: torch.Tensor, window: tuple[int, float]) -> 
     var_x = e_xx - mu_xs**2
     var_y = e_yy - mu_ys**2
     cov = e_xy - mu_xs * mu_ys
-    mu_x, mu_y = mu_xs + DATA_RANGE / 2, mu_ys + DATA_RANGE / 2
+    mu_x, mu_y = mu_xs + shift_x, mu_ys + shift_y
     cs_map = (2 * cov + c2) / (var_x + var_y + c2)
     lum_map = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
     # The maps are fp32 (relative error ~1e-6 after centring); their means over megapixels are fp64.
