@@ -230,13 +230,11 @@ class _ImageModel(nn.Module):
     def reconstruct(self, image: Any):
         """Encode and decode; the output has the input's size and form, float in [0, 1]."""
         images, form = as_image_list(image)
-        outs = []
-        for img in images:
-            code = self.encode(img)
-            outs.append(self.decode(code, size=tuple(img.shape[-2:])))
-        if form == "single":
-            return outs[0]
-        return torch.stack(outs) if form == "batch" else outs
+        if form == "batch":  # one size for all: encode and decode in batches
+            return self.decode(self.encode(torch.stack(images)), size=tuple(images[0].shape[-2:]))
+        codes = self.encode(images)  # grouped by size inside
+        outs = [self.decode(code, size=tuple(img.shape[-2:])) for code, img in zip(codes, images)]
+        return outs[0] if form == "single" else outs
 
 
 class ImageTokenizer(_ImageModel):

@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg.data = args.data or cfg.data
         cfg.val_data = args.val_data or cfg.val_data
         cfg.out = args.out
-        cfg.apply_overrides(args.set)
         if args.smoke:
-            cfg = smoke(cfg)
+            cfg = smoke(cfg)  # before --set, so that explicit overrides win
+        cfg.apply_overrides(args.set)
         if not cfg.data:
             raise ConfigError("no training data: pass --data DIR")
         cfg.model_config()  # fail early on bad model overrides
