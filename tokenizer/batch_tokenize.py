@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import math
 import os
@@ -448,8 +449,6 @@ def _model_record(tok: ImageTokenizer, config: TokenizeConfig) -> dict[str, Any]
     else:
         # A tokenizer built in memory: hash its weights as save_pretrained would write them.
         state = {k: v.detach().contiguous().cpu() for k, v in tok.model.state_dict().items()}
-        import hashlib
-
         sha = hashlib.sha256(save_bytes(state, metadata={"format": "pt", "library": "imgtok"})).hexdigest()
         name = config.model if config.model is not None else "in-memory"
     return {
@@ -615,6 +614,7 @@ class _ShardWriter:
     @torch.no_grad()
     def _encode(self, bucket: list[tuple[int, torch.Tensor]]) -> None:
         batch = torch.stack([pixels for _, pixels in bucket])  # (B, 3, H, W) in [0, 1]
+        # The tokenizer's own [0, 1] -> [-1, 1] mapping and device/dtype move, so ids match tok.encode.
         x = self.tok._to_model_input(batch)  # (B, 3, H, W) in [-1, 1] on the model's device and dtype
         ids = self.tok.model.encode_ids(x).cpu().numpy().astype(self.dtype)  # (B, h, w)
         for (index, _), grid in zip(bucket, ids):
