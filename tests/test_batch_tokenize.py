@@ -154,6 +154,28 @@ def test_stop_after_n_shards_then_resume_gives_identical_output(env):
     assert third.shards_written == 0 and third.images == 0 and _files(out) == _files(env["reference"])
 
 
+def test_crash_between_a_shards_files_then_resume_gives_identical_output(env, monkeypatch):
+    """Die after shard 1's ids and errors are renamed into place but before its index commits it."""
+    import tokenizer.batch_tokenize as bt
+
+    real = bt._write_atomic
+
+    def crashing(path: Path, data: bytes) -> None:
+        if path.name == "shard-000001.index.jsonl":
+            raise KeyboardInterrupt("simulated kill")
+        real(path, data)
+
+    monkeypatch.setattr(bt, "_write_atomic", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        _run(env, "crashed")
+    out = env["base"] / "crashed"
+    assert (out / "shard-000001.safetensors").exists() and not (out / "shard-000001.index.jsonl").exists()
+    monkeypatch.setattr(bt, "_write_atomic", real)
+    resumed = _run(env, "crashed")
+    assert resumed.shards_skipped == 1 and resumed.shards_written == resumed.num_shards - 1
+    assert _files(out) == _files(env["reference"])
+
+
 def test_two_ranks_give_the_same_output_as_one(env):
     r0 = _run(env, "ranks", rank=0, world_size=2)
     assert not r0.merged  # rank 1's shards are not there yet
