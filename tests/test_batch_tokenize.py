@@ -129,6 +129,18 @@ def test_native_policy_keeps_sizes_and_buckets_by_padded_shape(env):
             assert torch.equal(tok.encode(padded), torch.stack([ds[i].ids for i in rows]))
 
 
+def test_native_max_side_shrinks_large_images_only(env):
+    result = _run(env, "native_max", native=True, max_side=24, batch_size=2)
+    ds = TokenShardDataset(result.output)
+    assert ds.preprocessing == {"policy": "native", "multiple_of": 2, "max_side": 24, "resample": "bicubic",
+                                "pad": "replicate"}
+    for i in range(len(ds)):
+        h, w = ds.grid_shape(i)
+        height, width = ds[i].height, ds[i].width  # the original size is still recorded
+        scale = min(1.0, 24 / max(height, width))
+        assert (h, w) == (-(-round(height * scale) // 2), -(-round(width * scale) // 2))
+
+
 def test_same_inputs_give_byte_identical_output_with_any_worker_count(env):
     again = _run(env, "again", workers=0)
     assert _files(again.output) == _files(env["reference"])
