@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import AutoencoderConfig, ConfigError, KLConfig
+from .fast import InferenceOptions, autocast_context
+from .fast import configure as configure_inference
 from .image_io import as_image_list
 from .models import KLModel, VQModel, build_model
 from .model_card import ModelCardInfo, render_model_card
@@ -34,6 +36,8 @@ class _ImageModel(nn.Module):
     model_type: str = ""
     # Images of one size are run through the network this many at a time.
     max_batch: int = 16
+    # Fast inference (bf16 autocast, channels-last, compile); None = plain fp32. See optimize_for_inference.
+    inference: InferenceOptions | None = None
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -180,6 +184,23 @@ class _ImageModel(nn.Module):
         f = self.downsample_factor
         return math.ceil(height / f), math.ceil(width / f)
 
+    def optimize_for_inference(self, bf16: bool | None = None, channels_last: bool = True, compile: bool = False):
+        """Switch ``encode``/``decode`` to the fast path (``tokenizer.fast``); returns ``self``.
+
+        Args:
+            bf16: bf16 autocast (the quantizer stays fp32); None: on where the device has bf16 units.
+            channels_last: NHWC weights and inputs.
+            compile: ``torch.compile`` the encoder and decoder (slow first call per input shape).
+        A few ids may differ from the fp32 path (bf16 rounding in the encoder); call with
+        ``bf16=False, channels_last=False`` to return to fp32 (compilation stays).
+        """
+        self.inference = configure_inference(self.model, self.device, bf16=bf16, channels_last=channels_last,
+                                             compile=compile)
+        return self
+
+    def _inference_context(self):
+        return autocast_context(self.inference, self.device)
+
     # --- pre/post-processing ----------------------------------------------------------------------
     def _to_model_input(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, 3, f*h, f*w) in [-1, 1], edge-padded to a multiple of f."""
@@ -189,6 +210,8 @@ class _ImageModel(nn.Module):
         x = images.to(self.device, self.dtype) * 2.0 - 1.0
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")  # (B, 3, H + pad_h, W + pad_w)
+        if self.inference is not None and self.inference.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     @staticmethod
@@ -209,7 +232,8 @@ class _ImageModel(nn.Module):
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start : start + self.max_batch]
                 batch = torch.stack([images[i] for i in chunk])  # (b, 3, H, W)
-                out = fn(self._to_model_input(batch))
+                with self._inference_context():
+                    out = fn(self._to_model_input(batch))
                 for i, row in zip(chunk, out):
                     results[i] = row
         if form == "single":
@@ -292,10 +316,11 @@ class ImageTokenizer(_ImageModel):
         ids = self._check_ids(ids, "decode")
         single = ids.ndim == 2
         batch = ids[None] if single else ids  # (B, h, w)
-        outs = [
-            self._to_image(self.model.decode_ids(batch[s : s + self.max_batch].to(self.device)), size)
-            for s in range(0, batch.shape[0], self.max_batch)
-        ]
+        with self._inference_context():
+            outs = [
+                self._to_image(self.model.decode_ids(batch[s : s + self.max_batch].to(self.device)), size)
+                for s in range(0, batch.shape[0], self.max_batch)
+            ]
         out = torch.cat(outs)  # (B, 3, H, W)
         return out[0] if single else out
 
@@ -355,10 +380,11 @@ class ImageVAE(_ImageModel):
         single = latents.ndim == 3
         z = latents[None] if single else latents  # (B, C, h, w)
         z = z.to(self.device).float() / self.config.scaling_factor + self.config.shift_factor
-        outs = [
-            self._to_image(self.model.decode_latents(z[s : s + self.max_batch].to(self.dtype)), size)
-            for s in range(0, z.shape[0], self.max_batch)
-        ]
+        with self._inference_context():
+            outs = [
+                self._to_image(self.model.decode_latents(z[s : s + self.max_batch].to(self.dtype)), size)
+                for s in range(0, z.shape[0], self.max_batch)
+            ]
         out = torch.cat(outs)
         return out[0] if single else out
 
