@@ -66,6 +66,19 @@ def bf16_supported(device: torch.device | str) -> bool:
     return False
 
 
+class FP32Conv2d(nn.Conv2d):
+    """A Conv2d that runs in fp32 under autocast.
+
+    The encoder's first convolution reads pixels: bf16 keeps 8 significant bits, so it cannot hold the
+    255 levels of an 8-bit image in [-1, 1] exactly, and rounding the input alone changed 1.6% of the ids
+    of a trained vq-f8-cpu model on Kodak crops. With 3 input channels this conv is ~1.5% of the FLOPs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
 def configure(model: nn.Module, device: torch.device, bf16: bool | None = None, channels_last: bool = True,
               compile: bool = False) -> InferenceOptions:
     """Convert ``model`` (an encoder/decoder autoencoder) for fast inference and return its options.
@@ -79,6 +92,10 @@ def configure(model: nn.Module, device: torch.device, bf16: bool | None = None, 
         compile: compile the encoder and decoder with ``torch.compile``.
     """
     use_bf16 = bf16_supported(device) if bf16 is None else bool(bf16)
+    conv_in = model.encoder.conv_in
+    if type(conv_in) in (nn.Conv2d, FP32Conv2d):
+        # Same parameters and state-dict keys; only forward changes (undone when bf16 is switched off).
+        conv_in.__class__ = FP32Conv2d if use_bf16 else nn.Conv2d
     model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if compile:
         model.encoder.compile()
