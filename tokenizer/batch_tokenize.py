@@ -788,6 +788,21 @@ def _merge_after_run(out: Path, num_shards: int) -> bool:
     return merge_shards(out).complete
 
 
+def _concatenate_atomic(parts: list[Path], path: Path) -> int:
+    """Write the files ``parts`` end to end into ``path`` (temporary name, fsync, rename); return the lines."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    lines = 0
+    with open(tmp, "wb") as f:
+        for part in parts:
+            data = part.read_bytes()
+            lines += data.count(b"\n")
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return lines
+
+
 @dataclass
 class MergeResult:
     """What ``merge_shards`` found: complete (index.jsonl written) or the shards still missing."""
@@ -813,17 +828,9 @@ def merge_shards(output: str | os.PathLike) -> MergeResult:
     missing = [k for k in range(num_shards) if not shard_complete(out, k)]
     if missing:
         return MergeResult(False, num_shards, missing, 0, 0)
-    index, errors = bytearray(), bytearray()
-    images = failures = 0
-    for k in range(num_shards):
-        part = (out / f"{shard_name(k)}.index.jsonl").read_bytes()
-        bad = (out / f"{shard_name(k)}.errors.jsonl").read_bytes()
-        images += part.count(b"\n")
-        failures += bad.count(b"\n")
-        index += part
-        errors += bad
-    _write_atomic(out / ERRORS_NAME, bytes(errors))
-    _write_atomic(out / INDEX_NAME, bytes(index))
+    # Streamed shard by shard: memory stays one shard's index whatever the dataset's size.
+    failures = _concatenate_atomic([out / f"{shard_name(k)}.errors.jsonl" for k in range(num_shards)], out / ERRORS_NAME)
+    images = _concatenate_atomic([out / f"{shard_name(k)}.index.jsonl" for k in range(num_shards)], out / INDEX_NAME)
     return MergeResult(True, num_shards, [], images, failures)
 
 
