@@ -284,7 +284,9 @@ def bench_autoencoders(report: Report, reps: int, quick: bool) -> None:
     for batch in batches:
         x = torch.rand(batch, 3, 256, 256)
         ids = torch.randint(0, tok.vocab_size, (batch, grid, grid))
-        enc = interleaved_times({"ours": lambda: tok.encode(x), "diffusers": lambda: peer_encode(x)}, reps,
+        # Batch 1 is cheap: at least 3 repetitions even with --quick (one run is too noisy on a shared CPU).
+        reps_b = reps if batch > 1 else max(reps, 3)
+        enc = interleaved_times({"ours": lambda: tok.encode(x), "diffusers": lambda: peer_encode(x)}, reps_b,
                                 warmup=1 if batch == 1 else 0)
         flops = count_flops(lambda: tok.encode(x[:1])) * batch
         ratio = enc["ours"]["wall_s"] / enc["diffusers"]["wall_s"]
@@ -300,19 +302,23 @@ def bench_autoencoders(report: Report, reps: int, quick: bool) -> None:
             report.put(f"encode_fraction_of_conv_peak_batch{batch}", round(gflops / conv_peak, 3))
         report.put(key, round(speedup, 3),
                    f"encode batch {batch}: ours {batch / enc['ours']['wall_s']:.2f} img/s, diffusers "
-                   f"{batch / enc['diffusers']['wall_s']:.2f} img/s -> {speedup:.2f}x; ours {gflops:.0f} GFLOP/s"
+                   f"{batch / enc['diffusers']['wall_s']:.2f} img/s -> {speedup:.2f}x (CPU time "
+                   f"{enc['diffusers']['cpu_s'] / enc['ours']['cpu_s']:.2f}x); ours {gflops:.0f} GFLOP/s"
                    + (f" = {gflops / conv_peak:.2f} of the conv peak" if conv_peak else ""))
         if quick and batch == 16:
             continue  # decode at batch 16 costs twice the encode: --quick measures decode at batch 1 only
-        dec = interleaved_times({"ours": lambda: tok.decode(ids), "diffusers": lambda: peer_decode(ids)}, reps,
+        dec = interleaved_times({"ours": lambda: tok.decode(ids), "diffusers": lambda: peer_decode(ids)}, reps_b,
                                 warmup=1 if batch == 1 else 0)
         dflops = count_flops(lambda: tok.decode(ids[:1])) * batch
         dspeed = dec["diffusers"]["wall_s"] / dec["ours"]["wall_s"]
         report.put(f"decode_time_ours_batch{batch}_s", round(dec["ours"]["wall_s"], 3))
         report.put(f"decode_time_diffusers_batch{batch}_s", round(dec["diffusers"]["wall_s"], 3))
+        report.put(f"decode_cpu_time_ours_batch{batch}_s", round(dec["ours"]["cpu_s"], 3))
+        report.put(f"decode_cpu_time_diffusers_batch{batch}_s", round(dec["diffusers"]["cpu_s"], 3))
         report.put(f"decode_speedup_vs_diffusers_batch{batch}", round(dspeed, 3),
                    f"decode batch {batch}: ours {batch / dec['ours']['wall_s']:.2f} img/s, diffusers "
-                   f"{batch / dec['diffusers']['wall_s']:.2f} img/s -> {dspeed:.2f}x; ours "
+                   f"{batch / dec['diffusers']['wall_s']:.2f} img/s -> {dspeed:.2f}x (CPU time "
+                   f"{dec['diffusers']['cpu_s'] / dec['ours']['cpu_s']:.2f}x); ours "
                    f"{dflops / dec['ours']['wall_s'] / 1e9:.0f} GFLOP/s")
     del tok, peer
 
@@ -324,7 +330,7 @@ def bench_autoencoders(report: Report, reps: int, quick: bool) -> None:
         with torch.no_grad():
             return peer_kl.encode(x * 2 - 1).latent_dist.mode()
 
-    enc = interleaved_times({"ours": lambda: vae.encode(x), "diffusers": peer_kl_encode}, reps)
+    enc = interleaved_times({"ours": lambda: vae.encode(x), "diffusers": peer_kl_encode}, max(reps, 3))
     speedup = enc["diffusers"]["wall_s"] / enc["ours"]["wall_s"]
     report.put("vae_encode_time_ours_batch1_s", round(enc["ours"]["wall_s"], 3))
     report.put("vae_encode_time_diffusers_batch1_s", round(enc["diffusers"]["wall_s"], 3))
