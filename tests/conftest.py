@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# Process-group tests (gloo) talk over loopback: left alone, gloo binds to the address the machine's
+# hostname resolves to, which on some CI machines is not reachable and makes the ranks wait forever.
+# Set before any test forks or spawns ranks, so they inherit it.
+if Path("/sys/class/net/lo").exists():
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 # Make `tests/helpers_*.py` importable as plain modules (`from helpers_images import ...`).
 sys.path.insert(0, str(Path(__file__).parent))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +198,8 @@ def test_two_ranks_give_the_same_output_as_one(env):
 
 
 def _distributed_rank(rank: int, store: str, fields: dict) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                                         timeout=timedelta(seconds=120))
     try:
         result = tokenize_dataset(TokenizeConfig(**fields))  # rank and world size come from the process group
         Path(fields["output"], f"rank{rank}.json").write_text(json.dumps([result.rank, result.world_size, result.images]))
@@ -210,7 +212,7 @@ def test_torch_distributed_ranks_split_the_work_and_rank0_merges(env):
 
     fields = dict(env["config"].__dict__, output=str(env["base"] / "distributed"), workers=0)
     mp.start_processes(_distributed_rank, args=(str(env["base"] / "dist_store"), fields), nprocs=2,
-                       start_method="fork")
+                       start_method="spawn")  # fork after OpenMP has run in the parent can deadlock
     out = env["base"] / "distributed"
     shares = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     for r in range(2):
