@@ -110,9 +110,13 @@ class Trainer:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.run_dir = Path(cfg.out)
-        torch.manual_seed(cfg.seed + self.dist.rank)  # seed per rank (DiT)
+        # Every rank builds the same initial model (parameters *and* buffers such as the EMA codebook
+        # statistics, which DDP does not broadcast with broadcast_buffers=False); only then do the
+        # ranks' random streams diverge, one seed per rank as in DiT.
+        torch.manual_seed(cfg.seed)
         self.model_config = cfg.model_config()
         self.model = build_model(self.model_config).to(self.device)
+        torch.manual_seed(cfg.seed + self.dist.rank)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -181,8 +185,13 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         clean = batch.to(self.device, non_blocking=True)
-        noisy = corrupt(clean, cfg.denoise_mask_ratio, cfg.denoise_noise_std) if (
-            cfg.denoise_mask_ratio > 0 or cfg.denoise_noise_std > 0) else clean
+        if cfg.denoise_mask_ratio > 0 or cfg.denoise_noise_std > 0:
+            # Its own stream per (seed, rank, step), like the crops: a resumed run corrupts step k
+            # exactly as the uninterrupted run did, whatever else drew from the global generator.
+            g = torch.Generator().manual_seed(hash((cfg.seed, self.dist.rank, step, 1)) & 0x7FFF_FFFF_FFFF)
+            noisy = corrupt(clean, cfg.denoise_mask_ratio, cfg.denoise_noise_std, g)
+        else:
+            noisy = clean
         target = (clean * 2 - 1).contiguous(memory_format=self.memory_format)  # (B, 3, H, W) in [-1, 1]
         inputs = (noisy * 2 - 1).contiguous(memory_format=self.memory_format)
         stats: dict[str, float] = {}
@@ -293,8 +302,11 @@ class Trainer:
         cfg = self.cfg
         end = cfg.steps if stop_after <= 0 else min(cfg.steps, stop_after)
         sampler = StepSampler(self.start_step, end, cfg.batch_size)
+        # A private generator: creating the loader's iterator draws a base seed, and from the global
+        # generator that draw would shift every later random number of a resumed run by one.
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
-                            persistent_workers=False, pin_memory=self.device.type == "cuda")
+                            persistent_workers=False, pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(cfg.seed))
         self.model.train()
         log_file = open(self.run_dir / "log.jsonl", "a") if self.dist.main else None
         started = time.time()
