@@ -2,6 +2,9 @@
 
     python scripts/push_to_hub.py RUN_OR_MODEL_DIR REPO_ID [--metrics metrics.json] [--private]
         [--revision BRANCH] [--commit-message MSG] [--dataset ID ...] [--eval-dataset NAME]
+        [--notes NOTES.md] [--card-only CARD.md]
+
+``--card-only`` renders the same card to a file and uploads nothing (how model_cards/ is made).
 
 RUN_OR_MODEL_DIR is a model folder (config.json + model.safetensors) or a training run folder, whose
 ``export/`` is pushed. The weights are uploaded as they are; README.md is rendered from the config, the
@@ -12,10 +15,12 @@ the run's ``train_config.json``. Authentication as in huggingface_hub: ``hf auth
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from tokenizer.api import load_any
 from tokenizer.hub import HubError, push_model_folder
 from tokenizer.model_card import Evaluation, ModelCardError, ModelCardInfo, load_metrics
 from tokenizer.pretrained import CONFIG_NAME, WEIGHTS_NAME
@@ -33,15 +38,13 @@ def find_model_folder(path: Path) -> tuple[Path, Path | None]:
     )
 
 
-def training_notes(run: Path | None) -> str | None:
-    """The run's training config, verbatim, so the card says how the weights were made."""
-    if run is None or not (run / "train_config.json").is_file():
-        return None
-    config = json.loads((run / "train_config.json").read_text())
-    return (
-        "Trained with imgtok's `python -m train`; the run's `train_config.json`:\n\n"
-        f"```json\n{json.dumps(config, indent=2)}\n```"
-    )
+def training_notes(run: Path | None, notes: Path | None = None) -> str | None:
+    """Free-text notes (command, data, wall time), then the run's training config verbatim."""
+    parts = [notes.read_text(encoding="utf-8").strip()] if notes is not None else []
+    if run is not None and (run / "train_config.json").is_file():
+        config = json.loads((run / "train_config.json").read_text())
+        parts.append("The run's `train_config.json`:\n\n" f"```json\n{json.dumps(config, indent=2)}\n```")
+    return "\n\n".join(parts) or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", action="append", default=[], help="training dataset id (repeatable)")
     p.add_argument("--eval-dataset", help="name of the set the metrics were measured on (default: from metrics.json)")
     p.add_argument("--model-name", help="card title (default: the repo's name)")
+    p.add_argument("--notes", type=Path, help="Markdown file added to the card's Training section")
+    p.add_argument("--card-only", type=Path, metavar="CARD.md", help="write the card here and upload nothing")
     args = p.parse_args(argv)
 
     folder, run = find_model_folder(args.path)
@@ -70,8 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         info = ModelCardInfo(
             repo_id=args.repo_id, model_name=args.model_name, datasets=args.dataset, metrics=evaluation.metrics,
             eval_dataset=args.eval_dataset or evaluation.dataset, baselines=evaluation.baselines,
-            perceptual_metric=evaluation.perceptual_metric, training=training_notes(run),
+            perceptual_metric=evaluation.perceptual_metric, training=training_notes(run, args.notes),
         )
+        if args.card_only is not None:
+            card = load_any(folder).model_card(dataclasses.replace(info, repo_id=args.repo_id))
+            args.card_only.parent.mkdir(parents=True, exist_ok=True)
+            args.card_only.write_text(card, encoding="utf-8")
+            print(f"wrote the model card of {folder} to {args.card_only}")
+            return 0
         extra = {"metrics.json": metrics_path} if metrics_path is not None else None
         commit = push_model_folder(
             folder, args.repo_id, info, private=args.private, commit_message=args.commit_message,

@@ -375,6 +375,29 @@ def test_push_script_pushes_a_run_export_with_its_metrics(hub, tiny_tokenizer, t
         script.main([str(tmp_path / "empty"), "alice/run"])
 
 
+def test_push_script_card_only_writes_the_card_and_uploads_nothing(hub, tiny_tokenizer, tmp_path, capsys):
+    run = tmp_path / "run"
+    tiny_tokenizer.save_pretrained(run / "export", model_card=False)
+    (run / "train_config.json").write_text(json.dumps({"preset": "vq-tiny", "steps": 10}))
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"dataset": "kodak24", "mean": {"psnr": 23.9}}))
+    notes = tmp_path / "notes.md"
+    notes.write_text("Command: `python -m train --preset vq-tiny`; 3 minutes on 2 CPU cores.")
+    spec = importlib.util.spec_from_file_location("push_to_hub_script", ROOT / "scripts" / "push_to_hub.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    card = tmp_path / "cards" / "vq.md"
+    code = script.main([str(run), "alice/card", "--metrics", str(metrics), "--notes", str(notes),
+                        "--card-only", str(card)])
+    assert code == 0, capsys.readouterr().err
+    front, body = split_front_matter(card.read_text())
+    assert yaml.safe_load(front)["model-index"][0]["results"][0]["metrics"][0]["value"] == 23.9
+    assert "3 minutes on 2 CPU cores" in body and '"steps": 10' in body
+    assert body.index("3 minutes") < body.index('"steps": 10')  # the notes first, then the config
+    with pytest.raises(KeyError):  # nothing uploaded: the repo was never created
+        hub.files("alice/card")
+
+
 def test_push_without_credentials_says_how_to_log_in(hub, tiny_tokenizer, monkeypatch):
     monkeypatch.delenv("HF_TOKEN")  # and the fixture's HF_HOME holds no saved token
     with pytest.raises(HubError, match=r"alice/vq-tiny: push failed, the Hub answered 401 \(log in"):
