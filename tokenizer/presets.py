@@ -20,7 +20,9 @@ def vq_f8() -> VQConfig:
 
 
 def vq_f16() -> VQConfig:
-    # LlamaGen's VQ-16 layout: five levels, attention only in the mid block.
+    # LlamaGen's VQ-16 widths and levels. LlamaGen also puts attention after every ResNet block of the
+    # lowest level (attn_levels=(4,), set by the LlamaGen converter); this preset keeps only the mid
+    # block's, which is cheaper at high resolution.
     return VQConfig(
         base_channels=128, channel_mult=(1, 1, 2, 2, 4), layers_per_block=2, z_channels=256,
         latent_channels=8, codebook_size=16384, l2_normalize=True,
