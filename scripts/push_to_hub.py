@@ -15,7 +15,6 @@ the run's ``train_config.json``. Authentication as in huggingface_hub: ``hf auth
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             perceptual_metric=evaluation.perceptual_metric, training=training_notes(run, args.notes),
         )
         if args.card_only is not None:
-            card = load_any(folder).model_card(dataclasses.replace(info, repo_id=args.repo_id))
+            card = load_any(folder).model_card(info)
             args.card_only.parent.mkdir(parents=True, exist_ok=True)
             args.card_only.write_text(card, encoding="utf-8")
             print(f"wrote the model card of {folder} to {args.card_only}")

@@ -85,7 +85,7 @@ class RandomCrops(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
         step, slot = key
-        g = torch.Generator().manual_seed(hash((self.seed, self.rank, step, slot)) & 0x7FFF_FFFF_FFFF)
+        g = step_generator(self.seed, self.rank, step, slot)
         for _ in range(len(self.paths) + 10):
             image = self._load(int(torch.randint(len(self.paths), (1,), generator=g)))
             if image is not None:
@@ -127,6 +127,15 @@ class StepSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return max(0, self.total - self.start)
+
+
+# The stream of the denoising corruption; crops use their batch slot (>= 0) as the stream.
+CORRUPTION_STREAM = -1
+
+
+def step_generator(seed: int, rank: int, step: int, stream: int) -> torch.Generator:
+    """A generator determined by (seed, rank, step, stream) alone: resumed runs redraw exactly."""
+    return torch.Generator().manual_seed(hash((seed, rank, step, stream)) & 0x7FFF_FFFF_FFFF)
 
 
 def corrupt(x: torch.Tensor, mask_ratio: float, noise_std: float, g: torch.Generator | None = None) -> torch.Tensor:

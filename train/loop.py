@@ -28,7 +28,8 @@ from tokenizer.pretrained import save_folder
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import RandomCrops, StepSampler, corrupt, list_images, load_eval_images
+from .data import (CORRUPTION_STREAM, RandomCrops, StepSampler, corrupt, list_images, load_eval_images,
+                   step_generator)
 from .discriminator import PatchDiscriminator
 from .losses import (
     LeCam,
@@ -188,7 +189,7 @@ class Trainer:
         if cfg.denoise_mask_ratio > 0 or cfg.denoise_noise_std > 0:
             # Its own stream per (seed, rank, step), like the crops: a resumed run corrupts step k
             # exactly as the uninterrupted run did, whatever else drew from the global generator.
-            g = torch.Generator().manual_seed(hash((cfg.seed, self.dist.rank, step, 1)) & 0x7FFF_FFFF_FFFF)
+            g = step_generator(cfg.seed, self.dist.rank, step, CORRUPTION_STREAM)
             noisy = corrupt(clean, cfg.denoise_mask_ratio, cfg.denoise_noise_std, g)
         else:
             noisy = clean
