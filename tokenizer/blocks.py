@@ -59,8 +59,12 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, height, width = x.shape
         h = self.norm(x)
-        q, k, v = (rearrange(m(h), "b c h w -> b 1 (h w) c") for m in (self.q, self.k, self.v))  # (B, 1, L, C)
-        # Fused kernel: never materialises the (L, L) matrix when a memory-efficient backend exists.
+        # `.contiguous()` matters: the rearranged views have stride L in their last dimension, and
+        # SDPA's fused (flash / memory-efficient) kernels need a unit stride there. Without it PyTorch
+        # falls back to the math kernel, which materialises the (L, L) matrix: gigabytes at 2048^2 / f8.
+        q, k, v = (
+            rearrange(m(h), "b c h w -> b 1 (h w) c").contiguous() for m in (self.q, self.k, self.v)
+        )  # (B, 1, L, C)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, 1, L, C)
         out = rearrange(out, "b 1 (h w) c -> b c h w", h=height, w=width)  # (B, C, H, W)
         return x + self.proj_out(out)
