@@ -2,6 +2,7 @@
 
     python -m train --preset vq-f8 --data DIR [--data DIR2 ...] --out RUN_DIR [--val-data DIR]
                     [--set key=value ...] [--resume] [--export DIR] [--smoke]
+    python -m train --init-from MODEL [--decoder-only] --data DIR --out RUN_DIR ...   (fine-tune a model)
 
 Multi-GPU / multi-node: the same command under ``torchrun --nproc_per_node N -m train ...``.
 """
@@ -11,16 +12,29 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from tokenizer.config import ConfigError
+from tokenizer.models import build_model
+from tokenizer.pretrained import WeightsError, check_state_dict
 from tokenizer.presets import PRESETS
 
 from .config import TrainConfig, smoke
+from .init_from import read_init_source
 from .loop import run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train", description="Train an imgtok tokenizer or VAE.")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="vq-f8", help="model preset")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="model preset (default vq-f8; with --init-from, the model's own config)")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="start from this model's weights: bundled, bundled-kl, a folder, a Hub repo id, a "
+                        "diffusers/taming/LDM/LlamaGen checkpoint or one of our run folders/checkpoints")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="let --init-from read pickled checkpoints (.ckpt/.pt/.bin), as `imgtok convert` does")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="train the decoder only: encoder and codebook frozen, so existing token ids stay valid")
     p.add_argument("--data", action="append", default=[], help="image folder, glob or list file (repeatable)")
     p.add_argument("--val-data", action="append", default=[], help="held-out images for periodic evaluation")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, samples, export)")
@@ -39,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
-        cfg.preset = args.preset if not args.config or "--preset" in (argv or sys.argv) else cfg.preset
+        if args.init_from:
+            cfg.init_from, cfg.allow_pickle = args.init_from, args.allow_pickle or cfg.allow_pickle
+            cfg.preset = args.preset or ""  # no preset: the model's own config
+        elif args.preset or not args.config:
+            cfg.preset = args.preset or "vq-f8"
+        if args.decoder_only:
+            cfg.train_part = "decoder"
         cfg.data = args.data or cfg.data
         cfg.val_data = args.val_data or cfg.val_data
         cfg.out = args.out
@@ -48,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg.apply_overrides(args.set)
         if not cfg.data:
             raise ConfigError("no training data: pass --data DIR")
-        cfg.model_config()  # fail early on bad model overrides
-    except (ConfigError, FileNotFoundError) as err:
+        source = read_init_source(cfg.init_from, cfg.allow_pickle) if cfg.init_from else None
+        model_config = cfg.model_config(source.config if source else None)  # fail early on bad overrides
+        if source is not None:  # shapes checked before any run folder is written (meta: no memory)
+            with torch.device("meta"):
+                check_state_dict(build_model(model_config), source.model, f"--init-from {source.description}")
+    except (ConfigError, FileNotFoundError, WeightsError) as err:
         print(f"python -m train: error: {err}", file=sys.stderr)
         return 2
     run(cfg, resume=args.resume, export_dir=args.export, stop_after=args.stop_after)

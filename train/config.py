@@ -23,6 +23,13 @@ class TrainConfig:
     val_data: list[str] = field(default_factory=list)
     out: str = "runs/run"
     seed: int = 0
+    # Start from an existing model (train/init_from.py): weights, weight EMA and codebook as the model has
+    # them; optimizer state starts fresh. An empty preset then means "the model's own config".
+    init_from: str = ""
+    allow_pickle: bool = False  # let init_from read pickled checkpoints (taming / LDM / LlamaGen .ckpt, .pt)
+    # "all", or "decoder": encoder, quant_conv and codebook frozen, so the ids of every dataset already
+    # tokenized with the model stay valid while its reconstructions improve.
+    train_part: str = "all"
 
     # --- optimisation ---
     steps: int = 100_000
@@ -130,15 +137,20 @@ class TrainConfig:
                 raise ConfigError(f"--set {key}={raw}: expected a {type(current).__name__}")
             setattr(self, key, value)
 
-    def model_config(self) -> AutoencoderConfig:
+    def model_config(self, base: AutoencoderConfig | None = None) -> AutoencoderConfig:
+        """The preset's config (or ``base``, the --init-from model's, when no preset was chosen) with the
+        ``model.*`` overrides applied."""
         from tokenizer.presets import get_preset
 
-        base = get_preset(self.preset)
+        if self.preset:
+            base = get_preset(self.preset)
+        elif base is None:
+            raise ConfigError("no model: pass --preset NAME or --init-from MODEL")
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
         known = {f.name for f in dataclasses.fields(base)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ConfigError(f"unknown model config field(s) {unknown} for preset {self.preset!r}")
+            raise ConfigError(f"unknown model config field(s) {unknown} for {self.preset or base.model_type!r} models")
         return base.replace(**overrides) if overrides else base
 
 
@@ -161,13 +173,15 @@ def smoke(config: TrainConfig) -> TrainConfig:
     config.eval_every = 6
     config.eval_images = 2
     config.max_short_side = 64
+    if config.gan_weight > 0:
+        config.gan_start = min(config.gan_start, 4)
+        config.disc_channels = 8
+        config.disc_layers = 2
+    if config.init_from:  # the model is the one given; shrink only the run
+        return config
     config.model = {
         "base_channels": 8, "channel_mult": [1, 2], "layers_per_block": 1, "norm_groups": 4,
         "attn_levels": [], **({"codebook_size": 64} if config.preset.startswith("vq") else {}),
         **{k: v for k, v in config.model.items() if k not in ("base_channels", "channel_mult", "layers_per_block")},
     }
-    if config.gan_weight > 0:
-        config.gan_start = min(config.gan_start, 4)
-        config.disc_channels = 8
-        config.disc_layers = 2
     return config

@@ -28,6 +28,7 @@ from tokenizer.pretrained import save_folder
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .init_from import apply_train_part, load_init_weights, read_init_source
 from .data import (CORRUPTION_STREAM, RandomCrops, StepSampler, corrupt, list_images, load_eval_images,
                    step_generator)
 from .discriminator import PatchDiscriminator
@@ -115,13 +116,16 @@ class Trainer:
         # statistics, which DDP does not broadcast with broadcast_buffers=False); only then do the
         # ranks' random streams diverge, one seed per rank as in DiT.
         torch.manual_seed(cfg.seed)
-        self.model_config = cfg.model_config()
+        self.init_source = read_init_source(cfg.init_from, cfg.allow_pickle) if cfg.init_from else None
+        self.model_config = cfg.model_config(self.init_source.config if self.init_source else None)
         self.model = build_model(self.model_config).to(self.device)
         torch.manual_seed(cfg.seed + self.dist.rank)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        apply_train_part(self.model, cfg.train_part)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.modules: dict[str, torch.nn.Module] = {"model": self.model, "ema": self.ema}
         self.optimizers: dict[str, torch.optim.Optimizer] = {"opt": self.opt}
         self.disc = None
@@ -138,14 +142,19 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
 
         self.start_step = 0
-        if resume:
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is not None:
-                state = load_checkpoint(ckpt, self.modules, self.optimizers)
-                self.start_step = state["step"]
-                self.log(f"resumed from {ckpt} at step {self.start_step}")
-            else:
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, self.modules, self.optimizers)
+            self.start_step = state["step"]
+            self.log(f"resumed from {ckpt} at step {self.start_step}")
+        else:
+            if resume:
                 self.log(f"--resume: no checkpoint in {self.run_dir}, starting fresh")
+            if self.init_source is not None:
+                loaded = load_init_weights(self.init_source, self.model, self.ema, self.disc)
+                self.log(f"initialised from {self.init_source.description}: {', '.join(loaded)}")
+        if cfg.train_part != "all":
+            self.log(f"training only the {cfg.train_part}; frozen: encoder, quant_conv, quantizer")
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.run_dir / "train_config.json")
@@ -290,7 +299,8 @@ class Trainer:
 
     def checkpoint(self, step: int) -> None:
         if self.dist.main:
-            save_checkpoint(self.run_dir, step, self.modules, self.optimizers, {"config": self.cfg.to_dict()})
+            save_checkpoint(self.run_dir, step, self.modules, self.optimizers,
+                            {"config": self.cfg.to_dict(), "model_config": self.model_config.to_dict()})
         if self.dist.world > 1:
             dist.barrier()
 
@@ -309,6 +319,7 @@ class Trainer:
                             persistent_workers=False, pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(cfg.seed))
         self.model.train()
+        apply_train_part(self.model, cfg.train_part)  # frozen parts back to eval mode
         log_file = open(self.run_dir / "log.jsonl", "a") if self.dist.main else None
         started = time.time()
         window_start, window_images = time.time(), 0

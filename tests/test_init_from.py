@@ -1,0 +1,137 @@
+"""``python -m train --init-from MODEL``: a run really starts where the model is, and decoder-only keeps ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from tokenizer import ImageTokenizer, ImageVAE
+from tokenizer.pretrained import BUNDLED, WeightsError
+from train.__main__ import main as train_main
+from train.config import TrainConfig
+from train.init_from import read_init_source
+from train.loop import Trainer
+from train.losses import reconstruction_loss
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("init_from_images")
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        low = rng.random((6, 8, 3))
+        image = np.kron(low, np.ones((8, 8, 1)))  # (48, 64, 3), blocky
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture
+def saved_tiny(tmp_path) -> Path:
+    """A vq-tiny model, trained for a few steps so that it is not at its initialisation, saved as a folder."""
+    model = ImageTokenizer.from_preset("vq-tiny")
+    with torch.no_grad():
+        for p in model.model.decoder.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return model.save_pretrained(tmp_path / "source")
+
+
+def _argv(data: Path, out: Path, *extra: str, sets: tuple[str, ...] = ()) -> list[str]:
+    argv = ["--data", str(data), "--out", str(out), "--smoke", *extra]
+    for s in ("lr=3e-3", "warmup_steps=1", "log_every=1", "amp=none", "steps=4", "ckpt_every=100", *sets):
+        argv += ["--set", s]
+    return argv
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _first_batch_loss(model: torch.nn.Module, cfg: TrainConfig) -> float:
+    """The loss ``train_step`` computes at step 0, for ``model`` on the run's first batch."""
+    trainer_data = Trainer(cfg).dataset
+    batch = torch.stack([trainer_data[(0, slot)] for slot in range(cfg.batch_size)])
+    target = batch * 2 - 1
+    model.train()
+    out = model(target)
+    return (reconstruction_loss(out.reconstruction, target, cfg.l1_weight, cfg.l2_weight) + out.quantizer.loss).item()
+
+
+def test_first_step_loss_is_the_saved_models_and_the_export_moves(photo_dir, saved_tiny, tmp_path):
+    run = tmp_path / "run"
+    assert train_main(_argv(photo_dir, run, "--init-from", str(saved_tiny))) == 0
+    cfg = TrainConfig.load(run / "train_config.json")
+    assert cfg.preset == "" and cfg.init_from == str(saved_tiny)
+    source = ImageTokenizer.from_pretrained(saved_tiny).model
+    expected = _first_batch_loss(source, cfg)
+    assert _log(run)[0]["loss"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+    scratch = tmp_path / "scratch"  # the same run without --init-from starts elsewhere
+    assert train_main(_argv(photo_dir, scratch, "--preset", "vq-tiny")) == 0
+    assert abs(_log(scratch)[0]["loss"] - expected) > 1e-3
+
+    exported = load_file(str(run / "export" / "model.safetensors"))
+    original = load_file(str(saved_tiny / "model.safetensors"))
+    assert exported.keys() == original.keys()
+    assert any(not torch.equal(exported[k], original[k]) for k in original if k.startswith("decoder."))
+
+
+def test_decoder_only_keeps_the_ids_and_moves_the_decoder(photo_dir, saved_tiny, tmp_path):
+    run = tmp_path / "run"
+    assert train_main(_argv(photo_dir, run, "--init-from", str(saved_tiny), "--decoder-only")) == 0
+    before = ImageTokenizer.from_pretrained(saved_tiny)
+    after = ImageTokenizer.from_pretrained(run / "export")
+    image = torch.rand(3, 40, 56)
+    assert torch.equal(before.encode(image), after.encode(image))
+    b, a = before.model.state_dict(), after.model.state_dict()
+    for key in b:
+        if key.startswith(("encoder.", "quant_conv.", "quantizer.")):
+            assert torch.equal(b[key], a[key]), key  # frozen: not even the EMA codebook statistics move
+    assert any(not torch.equal(b[k], a[k]) for k in b if k.startswith("decoder."))
+    assert not torch.equal(before.decode(before.encode(image)), after.decode(after.encode(image)))
+
+
+def test_mismatched_shapes_are_refused_naming_the_tensors(photo_dir, saved_tiny, tmp_path, capsys):
+    rc = train_main(_argv(photo_dir, tmp_path / "run", "--init-from", str(saved_tiny),
+                          sets=("model.codebook_size=32",)))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "shape mismatch" in err and "quantizer." in err and str(saved_tiny) in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_run_folder_continues_with_its_ema_and_discriminator(photo_dir, saved_tiny, tmp_path):
+    first = tmp_path / "first"
+    gan = ("gan_weight=0.1", "gan_start=0")
+    assert train_main(_argv(photo_dir, first, "--init-from", str(saved_tiny), sets=gan)) == 0
+    ckpt = sorted((first / "checkpoints").glob("step_*"))[-1]
+    cfg = TrainConfig.load(first / "train_config.json")
+    cfg.init_from, cfg.out = str(first), str(tmp_path / "second")
+    trainer = Trainer(cfg)
+    for name in ("model", "ema", "disc"):
+        saved = load_file(str(ckpt / f"{name}.safetensors"))
+        state = trainer.modules[name].state_dict()
+        assert all(torch.equal(state[k], saved[k]) for k in saved), name
+    assert not trainer.opt.state  # weights only: the optimizer starts fresh
+
+
+def test_bundled_names_and_vae_sources(photo_dir, tmp_path):
+    for name, family in (("bundled", "vq"), ("imgtok-vq-f8", "vq"), ("bundled-kl", "kl")):
+        source = read_init_source(name)
+        assert source.config.model_type == family
+        assert source.config.to_dict() == json.loads((BUNDLED[family] / "config.json").read_text())
+    vae = ImageVAE.from_preset("kl-tiny").save_pretrained(tmp_path / "vae")
+    cfg = TrainConfig(preset="", init_from=str(vae), out=str(tmp_path / "run"), data=[str(photo_dir)])
+    trainer = Trainer(cfg)
+    saved = load_file(str(vae / "model.safetensors"))
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises((FileNotFoundError, WeightsError, OSError)):
+        read_init_source(str(tmp_path / "no-such-model.safetensors"))

@@ -1,0 +1,119 @@
+"""Starting a run from an existing model: ``python -m train --init-from MODEL``.
+
+Fine-tuning a public tokenizer on one's own domain is what users of the field ask for most, and it is how
+the bundled models improve from one session to the next: each run continues from the shipped weights, so
+CPU hours accumulate instead of starting over.
+
+MODEL is anything ``from_pretrained`` or ``imgtok convert`` reads (the bundled models by name, an imgtok
+or diffusers folder, a Hub repo id, a taming / LDM / LlamaGen checkpoint; pickled files only with
+``--allow-pickle``), or one of our own training checkpoints (a run folder or ``RUN/checkpoints/step_N``),
+which also carries the weight EMA and the discriminator. Weights only: optimizer state never carries over.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tokenizer.config import AutoencoderConfig, ConfigError
+from tokenizer.pretrained import BUNDLED, check_state_dict
+
+# The names the shipped models go by (their folder names, and the CLI's aliases).
+BUNDLED_NAMES = {
+    "bundled": BUNDLED["vq"], "imgtok-vq-f8": BUNDLED["vq"],
+    "bundled-kl": BUNDLED["kl"], "imgtok-kl-f8": BUNDLED["kl"],
+}
+
+# What stays fixed with ``train_part="decoder"``: everything that decides the ids (or the latents),
+# so that every dataset already tokenized with the source model stays valid.
+FROZEN_FOR_DECODER_ONLY = ("encoder", "quant_conv", "quantizer")
+TRAIN_PARTS = ("all", "decoder")
+
+
+@dataclass
+class InitSource:
+    """The starting point of a run: the model's config and weights, and what else the source holds."""
+
+    description: str
+    config: AutoencoderConfig
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None = None  # our checkpoints only; else the EMA starts as the weights
+    disc: dict[str, torch.Tensor] | None = None  # a discriminator of our architecture, if the source has one
+
+
+def _checkpoint_folder(path: Path) -> Path | None:
+    """``path`` itself if it is one of our training checkpoints, the newest one if it is a run folder."""
+    if (path / "state.json").is_file() and (path / "model.safetensors").is_file() and (path / "ema.safetensors").is_file():
+        return path
+    found = sorted((path / "checkpoints").glob("step_*")) if (path / "checkpoints").is_dir() else []
+    return found[-1] if found else None
+
+
+def _read_checkpoint(folder: Path) -> InitSource:
+    state = json.loads((folder / "state.json").read_text())
+    if "model_config" in state:
+        config = AutoencoderConfig.from_dict(state["model_config"], source=f"{folder}/state.json")
+    else:  # checkpoints written before the model config was stored in them: the run folder has it
+        run_config = folder.parent.parent / "model_config.json"
+        if not run_config.is_file():
+            raise ConfigError(f"{folder}: a training checkpoint without its model config ({run_config} is missing)")
+        config = AutoencoderConfig.load(run_config)
+    disc = load_file(str(folder / "disc.safetensors")) if (folder / "disc.safetensors").is_file() else None
+    return InitSource(f"training checkpoint {folder} (step {state.get('step')})", config,
+                      load_file(str(folder / "model.safetensors")), load_file(str(folder / "ema.safetensors")), disc)
+
+
+def read_init_source(spec: str, allow_pickle: bool = False) -> InitSource:
+    """Read MODEL for ``--init-from``; see the module docstring for what it may be."""
+    path = BUNDLED_NAMES.get(spec, Path(spec))
+    if path.is_dir():
+        checkpoint = _checkpoint_folder(path)
+        if checkpoint is not None:
+            return _read_checkpoint(checkpoint)
+    from tokenizer.interop.convert import load_checkpoint  # every other format: the converter's reader
+
+    imported = load_checkpoint(str(path) if path.exists() else spec, allow_pickle=allow_pickle)
+    state = {k: v.detach().clone() for k, v in imported.model.state_dict().items()}
+    return InitSource(f"{spec} ({imported.source_format})", imported.model.config, state)
+
+
+def load_init_weights(source: InitSource, model: torch.nn.Module, ema: torch.nn.Module,
+                      disc: torch.nn.Module | None) -> list[str]:
+    """Copy the source's weights into the run's modules (strict); returns what was loaded, for the log."""
+    check_state_dict(model, source.model, f"--init-from {source.description}")
+    model.load_state_dict(source.model, strict=True)
+    ema_state = source.ema if source.ema is not None else source.model
+    check_state_dict(ema, ema_state, f"--init-from {source.description} (EMA)")
+    ema.load_state_dict(ema_state, strict=True)
+    loaded = ["weights", "EMA" if source.ema is not None else "EMA (= weights)"]
+    if disc is not None and source.disc is not None:
+        try:
+            check_state_dict(disc, source.disc, f"--init-from {source.description} (discriminator)")
+        except ValueError:
+            loaded.append("discriminator from scratch (a different architecture)")
+        else:
+            disc.load_state_dict(source.disc, strict=True)
+            loaded.append("discriminator")
+    elif disc is not None:
+        loaded.append("discriminator from scratch")
+    return loaded
+
+
+def apply_train_part(model: torch.nn.Module, part: str) -> None:
+    """Freeze what ``part`` leaves fixed. Frozen modules also stay in eval mode, so the quantizer makes no
+    EMA codebook updates or dead-code restarts: the ids a frozen encoder + codebook give cannot change."""
+    if part not in TRAIN_PARTS:
+        raise ConfigError(f"train_part={part!r}: expected one of {TRAIN_PARTS}")
+    if part == "all":
+        return
+    for name in FROZEN_FOR_DECODER_ONLY:
+        module = getattr(model, name, None)
+        if module is not None:
+            module.requires_grad_(False).eval()
+
+
+__all__ = ["InitSource", "read_init_source", "load_init_weights", "apply_train_part", "BUNDLED_NAMES", "TRAIN_PARTS"]
