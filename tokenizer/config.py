@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .config_fields import INT_LIMIT, autoencoder_parameters, field_problems, size_problem
+
 # Bump when the meaning of a saved field or of a weight key changes.
 FORMAT_VERSION = 1
 
@@ -56,6 +58,22 @@ class AutoencoderConfig:
     # VQModel do (e.g. LlamaGen: 8-d codes -> 256 channels).
     post_quant_to_z: bool = False
 
+    # Inclusive (low, high) per field, checked with each field's type when a config is validated (for a
+    # list field, per entry); integer fields not listed are bounded by config_fields.INT_LIMIT. Generous:
+    # they stop typos and absurd sizes, the parameter estimate stops absurd combinations.
+    field_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "in_channels": (1, 64),
+        "out_channels": (1, 64),
+        "base_channels": (1, 16384),
+        "channel_mult": (1, 64),
+        "layers_per_block": (1, 64),
+        "attn_levels": (0, 5),
+        "z_channels": (1, 65536),
+        "latent_channels": (1, 65536),
+        "norm_groups": (1, 1024),
+        "dropout": (0.0, 0.99),
+    }
+
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.channel_mult) - 1)
@@ -69,9 +87,18 @@ class AutoencoderConfig:
         """Channels the decoder's conv_in reads (the output of post_quant_conv)."""
         return self.z_channels if self.post_quant_to_z else self.latent_channels
 
+    def parameter_estimate(self) -> int:
+        """Parameters the model of this config has, computed from the sizes without building it."""
+        return autoencoder_parameters(self, self.z_channels, self.latent_channels)
+
     def validate(self) -> None:
+        """Raise a ConfigError naming the first field whose type, range or combination is wrong."""
+        problems = field_problems(self)
+        if problems:
+            raise ConfigError("; ".join(problems))
         if self.downsample_factor not in (1, 2, 4, 8, 16, 32):
-            raise ConfigError(f"channel_mult {self.channel_mult} gives f={self.downsample_factor}")
+            raise ConfigError(f"channel_mult {self.channel_mult} gives f={self.downsample_factor}; expected "
+                              "1 to 6 levels (f = 2**(levels - 1) in 1..32)")
         for level in self.attn_levels:
             if not 0 <= level < len(self.channel_mult):
                 raise ConfigError(
@@ -81,8 +108,9 @@ class AutoencoderConfig:
             raise ConfigError("use_quant_conv=False needs z_channels == latent_channels")
         if not self.has_post_quant_conv and self.decoder_in_channels != self.latent_channels:
             raise ConfigError("post_quant_to_z without a post_quant_conv needs z_channels == latent_channels")
-        if self.base_channels <= 0 or self.layers_per_block < 1:
-            raise ConfigError("base_channels must be > 0 and layers_per_block >= 1")
+        too_big = size_problem(self.parameter_estimate())
+        if too_big:
+            raise ConfigError(too_big)
 
     # --- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -128,7 +156,10 @@ class AutoencoderConfig:
                 value = tuple(value)
             kwargs[name] = value
         config = target(**kwargs)
-        config.validate()
+        try:
+            config.validate()
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
         return config
 
     def save(self, path: str | Path) -> None:
@@ -176,12 +207,23 @@ class VQConfig(AutoencoderConfig):
     kmeans_init: bool = False  # initialise the codebook by k-means on the first training batch.
     kmeans_iters: int = 10
 
-    def validate(self) -> None:
-        super().validate()
-        if self.codebook_size < 2:
-            raise ConfigError(f"codebook_size must be >= 2, got {self.codebook_size}")
-        if self.code_dim is not None and self.code_dim < 1:
-            raise ConfigError(f"code_dim must be >= 1 or null, got {self.code_dim}")
+    field_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "codebook_size": (2, INT_LIMIT),  # the size estimate refuses a codebook that cannot be allocated
+        "code_dim": (1, 65536),
+        "commitment_beta": (0.0, None),
+        "codebook_loss_weight": (0.0, None),
+        "ema_decay": (0.0, 1.0),
+        "ema_epsilon": (1e-12, 1.0),
+        "dead_code_threshold": (0.0, None),
+        "usage_decay": (0.0, 1.0),
+        "kmeans_iters": (0, 10000),
+    }
+
+    def parameter_estimate(self) -> int:
+        dim, code_dim = self.latent_channels, self.code_dim or self.latent_channels
+        codebook = self.codebook_size * code_dim
+        projections = 2 * dim * code_dim + dim + code_dim if code_dim != dim else 0
+        return super().parameter_estimate() + codebook + projections
 
 
 @dataclass
@@ -195,6 +237,22 @@ class KLConfig(AutoencoderConfig):
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
     logvar_clamp: tuple[float, float] = (-30.0, 20.0)  # as LDM: keeps exp(logvar) finite early on.
+
+    field_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "logvar_clamp": (-80.0, 80.0),  # exp(80) is still finite in fp32
+    }
+
+    def parameter_estimate(self) -> int:
+        # The encoder emits mean and log-variance stacked on channels ("double_z").
+        return autoencoder_parameters(self, 2 * self.z_channels, 2 * self.latent_channels)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.scaling_factor == 0:
+            raise ConfigError("field 'scaling_factor' is 0; latents would all be 0 (expected a non-zero number)")
+        low, high = self.logvar_clamp
+        if not low < high:
+            raise ConfigError(f"field 'logvar_clamp' is {list(self.logvar_clamp)}; expected [low, high] with low < high")
 
 
 @dataclass

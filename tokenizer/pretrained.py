@@ -64,7 +64,16 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         for k, v in expected.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
+    # A float parameter must come from float data (any width: fp16/bf16 exports are cast up), an integer
+    # buffer from integers: int32 data in a conv weight is a different tensor, not a precision change.
+    kinds = [
+        f"{k}: file {str(state[k].dtype).removeprefix('torch.')} vs model {str(v.dtype).removeprefix('torch.')}"
+        for k, v in expected.items()
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].is_floating_point() != v.is_floating_point()
+    ]
     problems = []
+    if kinds:
+        problems.append(f"{len(kinds)} dtype mismatch(es) (integer vs floating point), first {kinds[:3]}")
     if missing:
         problems.append(f"{len(missing)} missing key(s), first {missing[:3]}")
     if unexpected:
