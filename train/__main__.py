@@ -10,6 +10,8 @@ Multi-GPU / multi-node: the same command under ``torchrun --nproc_per_node N -m 
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import sys
 
 import torch
@@ -19,7 +21,7 @@ from tokenizer.models import build_model
 from tokenizer.pretrained import WeightsError, check_state_dict
 from tokenizer.presets import PRESETS
 
-from .config import TrainConfig, smoke
+from .config import TrainConfig, check_resume, saved_run_config, smoke
 from .init_from import read_init_source
 from .loop import run
 
@@ -41,7 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training field, or model.FIELD for the model config")
     p.add_argument("--config", help="a train_config.json to start from (e.g. a previous run's)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint, with its saved configuration; flags "
+                        "given may change only steps, max_minutes and the log/eval/checkpoint/sample intervals")
     p.add_argument("--export", default=None, help="also write the EMA weights as a model folder here")
     p.add_argument("--smoke", action="store_true", help="shrink everything: the whole pipeline in seconds")
     p.add_argument("--stop-after", type=int, default=0,
@@ -49,23 +53,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _apply_flags(cfg: TrainConfig, args: argparse.Namespace, resume: bool) -> TrainConfig:
+    """``cfg`` with the command line's flags applied. Resuming, a flag not given keeps the run's value."""
+    if args.init_from:
+        cfg.init_from, cfg.allow_pickle = args.init_from, args.allow_pickle or cfg.allow_pickle
+        if args.preset or not resume:
+            cfg.preset = args.preset or ""  # no preset: the model's own config
+    elif args.preset or not (args.config or resume):
+        cfg.preset = args.preset or "vq-f8"
+    if args.decoder_only:
+        cfg.train_part = "decoder"
+    cfg.data = args.data or cfg.data
+    cfg.val_data = args.val_data or cfg.val_data
+    cfg.out = args.out
+    if args.smoke:
+        cfg = smoke(cfg)  # before --set, so that explicit overrides win
+    cfg.apply_overrides(args.set)
+    return cfg
+
+
+def _log(message: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[train] {message}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
-        if args.init_from:
-            cfg.init_from, cfg.allow_pickle = args.init_from, args.allow_pickle or cfg.allow_pickle
-            cfg.preset = args.preset or ""  # no preset: the model's own config
-        elif args.preset or not args.config:
-            cfg.preset = args.preset or "vq-f8"
-        if args.decoder_only:
-            cfg.train_part = "decoder"
-        cfg.data = args.data or cfg.data
-        cfg.val_data = args.val_data or cfg.val_data
-        cfg.out = args.out
-        if args.smoke:
-            cfg = smoke(cfg)  # before --set, so that explicit overrides win
-        cfg.apply_overrides(args.set)
+        saved = saved_run_config(args.out) if args.resume else None
+        if saved is not None:
+            # A resumed run continues its saved configuration: flags may change only RESUME_MAY_CHANGE.
+            run_config, saved_from = saved
+            base = TrainConfig.load(args.config) if args.config else copy.deepcopy(run_config)
+            cfg = _apply_flags(base, args, resume=True)
+            for key, (old, new) in check_resume(run_config, cfg, saved_from).items():
+                _log(f"--resume: {key} {old!r} -> {new!r}")
+        else:
+            cfg = _apply_flags(TrainConfig.load(args.config) if args.config else TrainConfig(), args, resume=False)
         if not cfg.data:
             raise ConfigError("no training data: pass --data DIR")
         source = read_init_source(cfg.init_from, cfg.allow_pickle) if cfg.init_from else None

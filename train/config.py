@@ -137,6 +137,11 @@ class TrainConfig:
                 raise ConfigError(f"--set {key}={raw}: expected a {type(current).__name__}")
             setattr(self, key, value)
 
+    def differences(self, other: "TrainConfig") -> dict[str, tuple[Any, Any]]:
+        """Fields whose values differ, as ``{field: (self's, other's)}`` (``out`` excluded: a run folder may move)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (mine[k], theirs[k]) for k in mine if k != "out" and mine[k] != theirs[k]}
+
     def model_config(self, base: AutoencoderConfig | None = None) -> AutoencoderConfig:
         """The preset's config (or ``base``, the --init-from model's, when no preset was chosen) with the
         ``model.*`` overrides applied."""
@@ -152,6 +157,50 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown model config field(s) {unknown} for {self.preset or base.model_type!r} models")
         return base.replace(**overrides) if overrides else base
+
+
+# What a resumed run may change: none of it alters the maths of the steps already taken (the model card's
+# ``--set steps=2400 --resume`` extends a run; the intervals only change what is logged and kept).
+RESUME_MAY_CHANGE = ("steps", "max_minutes", "log_every", "eval_every", "ckpt_every", "sample_every")
+
+
+def saved_run_config(run_dir: str | Path) -> tuple[TrainConfig, Path] | None:
+    """The configuration a run folder was trained with, and where it was read from.
+
+    The newest checkpoint's copy first (the settings its steps were taken with), else the run's
+    ``train_config.json`` (a run stopped before its first checkpoint); None for a folder with neither.
+    """
+    from .checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(Path(run_dir))
+    if ckpt is not None and (ckpt / "state.json").is_file():
+        state = json.loads((ckpt / "state.json").read_text())
+        if "config" in state:
+            return TrainConfig.from_dict(state["config"]), ckpt / "state.json"
+    path = Path(run_dir) / "train_config.json"
+    if path.is_file():
+        return TrainConfig.load(path), path
+    return None
+
+
+def check_resume(saved: TrainConfig, requested: TrainConfig, source: str | Path) -> dict[str, tuple[Any, Any]]:
+    """The allowed changes ``requested`` makes to a saved run's config; any other difference is a ConfigError.
+
+    Args:
+        saved: the run's configuration (``saved_run_config``).
+        requested: the saved configuration with the flags given alongside ``--resume`` applied.
+        source: where ``saved`` was read from, for the message.
+    """
+    changes = saved.differences(requested)
+    refused = {k: v for k, v in changes.items() if k not in RESUME_MAY_CHANGE}
+    if refused:
+        listed = "; ".join(f"{k}: run {old!r}, given {new!r}" for k, (old, new) in refused.items())
+        raise ConfigError(
+            f"--resume: the flags given change the saved run configuration ({source}): {listed}. A resumed run "
+            f"continues its configuration exactly; only {', '.join(RESUME_MAY_CHANGE)} may change. Drop those "
+            "flags, or start a new run in another --out"
+        )
+    return changes
 
 
 def _parse_value(raw: str) -> Any:
