@@ -299,7 +299,7 @@ def test_corrupt_weights_file(saved_tiny_tokenizer):
     folder, _ = saved_tiny_tokenizer
     path = folder / "model.safetensors"
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(WeightsError, match=r"model\.safetensors.*corrupt or truncated"):
+    with pytest.raises(WeightsError, match=r"model\.safetensors.*truncated"):
         ImageTokenizer.from_pretrained(folder)
 
 

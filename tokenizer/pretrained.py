@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import AutoencoderConfig, ConfigError
 from .models import build_model
+from .safetensors_check import MalformedSafetensorsError, check_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -47,7 +48,14 @@ def save_folder(model: torch.nn.Module, folder: str | Path, dtype: torch.dtype |
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, whose header is checked first (``safetensors_check``)."""
     path = Path(path)
+    try:
+        check_safetensors(path)
+    except MalformedSafetensorsError as err:
+        raise WeightsError(str(err)) from None
+    except OSError as err:
+        raise WeightsError(f"{path}: cannot read the weights file ({err})") from err
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
