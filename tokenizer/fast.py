@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from .devices import bf16_supported  # the one bf16 test; re-exported here, where it has always been imported from
 
 
 @dataclass
@@ -38,32 +39,6 @@ class InferenceOptions:
     autocast_dtype: torch.dtype | None = None
     channels_last: bool = False
     compiled: bool = False
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def bf16_supported(device: torch.device | str) -> bool:
-    """Whether ``device`` has native bf16 matmul units (so that bf16 autocast is faster, not slower).
-
-    Args:
-        device: a torch device (CPU: AVX512-BF16 or AMX-BF16 via oneDNN; CUDA: compute capability >= 8).
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        # Without native units oneDNN emulates bf16 through fp32, which is slower than plain fp32.
-        return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags()) and torch.backends.mkldnn.is_available()
-    return False
 
 
 class FP32Conv2d(nn.Conv2d):

@@ -26,6 +26,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import VQConfig
+from .devices import full_precision_matmul
 
 # Elements of one (chunk, K) distance block, whatever N is. On a GPU: 2**24 fp32 = 64 MiB, few launches.
 # On a CPU: 2**18 = 1 MiB; the block is written by the matmul and read back by argmin, and at 1 MiB it
@@ -46,6 +47,8 @@ class QuantizerOutput:
     commitment_loss: ||z_e - sg(z_q)||^2.
     perplexity: exp(entropy) of this batch's code histogram (all ranks).
     usage: share of the K codes used at least once in this batch (all ranks).
+    latents: (B, D, h, w) the latents before quantization (the input z), e.g. for regularisers on the
+        soft assignments; they carry the encoder's gradient.
     """
 
     quantized: torch.Tensor
@@ -55,6 +58,7 @@ class QuantizerOutput:
     commitment_loss: torch.Tensor
     perplexity: torch.Tensor
     usage: torch.Tensor
+    latents: torch.Tensor | None = None
 
 
 def _distributed() -> bool:
@@ -89,11 +93,13 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, block: int | None = No
     code_sq = codebook.pow(2).sum(dim=1)  # (K,)
     rows = max(1, block // num_codes)
     out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    for start in range(0, x.shape[0], rows):
-        chunk = x[start : start + rows]  # (n, E)
-        # ||x||^2 is constant per row, so argmin(||e||^2 - 2 x.e) is the nearest code.
-        dist_block = torch.addmm(code_sq, chunk, codebook.t(), beta=1.0, alpha=-2.0)  # (n, K)
-        out[start : start + rows] = dist_block.argmin(dim=1)
+    # True fp32 whatever the global TF32 / bf16-matmul setting: 10-bit TF32 products flip nearest codes.
+    with full_precision_matmul():
+        for start in range(0, x.shape[0], rows):
+            chunk = x[start : start + rows]  # (n, E)
+            # ||x||^2 is constant per row, so argmin(||e||^2 - 2 x.e) is the nearest code.
+            dist_block = torch.addmm(code_sq, chunk, codebook.t(), beta=1.0, alpha=-2.0)  # (n, K)
+            out[start : start + rows] = dist_block.argmin(dim=1)
     return out
 
 
@@ -167,6 +173,10 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("usage_steps", torch.zeros((), dtype=torch.long))
         # 0 until k-means has run (only read when kmeans_init is on).
         self.register_buffer("initialized", torch.tensor(0 if kmeans_init else 1, dtype=torch.long))
+        # Reading ``initialized`` is a host-device sync; once it read 1 it is not read again until a
+        # state dict is loaded (which may bring back a 0).
+        self._initialized_seen = False
+        self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_initialized_seen", False))
 
     @classmethod
     def from_config(cls, config: VQConfig) -> "VectorQuantizer":
@@ -219,8 +229,10 @@ class VectorQuantizer(nn.Module):
         batch, _, height, width = z.shape
         with torch.autocast(z.device.type, enabled=False):
             x = self.project_in(z)  # (N, E) fp32
-            if self.training and not bool(self.initialized):
-                self._kmeans_init(x.detach())
+            if self.training and not self._initialized_seen:
+                if not bool(self.initialized):
+                    self._kmeans_init(x.detach())
+                self._initialized_seen = True
             codes = self.codes()  # (K, E)
             with torch.no_grad():
                 ids = nearest_code(x.detach(), codes)  # (N,)
@@ -232,7 +244,8 @@ class VectorQuantizer(nn.Module):
             codebook_loss = F.mse_loss(q, x.detach()) if not self.use_ema else x.new_zeros(())
             loss = self.codebook_loss_weight * codebook_loss + self.beta * commitment
 
-            counts = torch.bincount(ids, minlength=self.codebook_size).float()  # (K,)
+            # index_add, not bincount: bincount on CUDA reads max(ids) back to the host every call.
+            counts = x.new_zeros(self.codebook_size).index_add_(0, ids, x.new_ones(ids.shape[0]))  # (K,)
             if self.training:
                 counts = _all_reduce_sum(counts)
                 with torch.no_grad():
@@ -249,7 +262,7 @@ class VectorQuantizer(nn.Module):
             out = self.out_proj(st)  # (N, D)
         quantized = rearrange(out, "(b h w) d -> b d h w", b=batch, h=height, w=width)  # (B, D, h, w)
         indices = rearrange(ids, "(b h w) -> b h w", b=batch, h=height, w=width)  # (B, h, w)
-        return QuantizerOutput(quantized, indices, loss, codebook_loss, commitment, perplexity, usage)
+        return QuantizerOutput(quantized, indices, loss, codebook_loss, commitment, perplexity, usage, latents=z)
 
     # --- codebook maintenance (no gradient, fp32, synchronised across ranks) -----------------------
     def _set_codes(self, rows: torch.Tensor | slice, values: torch.Tensor) -> None:
@@ -276,7 +289,7 @@ class VectorQuantizer(nn.Module):
         if self.dead_code_threshold <= 0:
             return
         # Bias-corrected like Adam's moments, so a fresh statistic is not all "dead" on step one.
-        corrected = self.usage / (1 - self.usage_decay ** self.usage_steps.item())
+        corrected = self.usage / (1 - self.usage_decay ** self.usage_steps.double()).float()  # no host sync
         dead = torch.nonzero(corrected < self.dead_code_threshold).squeeze(1)  # identical on all ranks
         if dead.numel() == 0:
             return
