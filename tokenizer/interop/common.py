@@ -20,6 +20,7 @@ from ..config import AutoencoderConfig, ConfigError, KLConfig, VQConfig
 from ..models import build_model
 from ..presets import PRESETS, get_preset
 from ..pretrained import WeightsError, check_state_dict, read_weights
+from .safe_unpickle import load_pickle, placeholders_in
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -96,10 +97,10 @@ def regex_rule(pattern: str, template: str | Callable[[re.Match], str],
 def read_state_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file, or of a pickled checkpoint when ``allow_pickle`` is set.
 
-    A pickle can execute arbitrary code while it is read, so pickles are refused unless the caller
-    opted in. Even then ``weights_only=True`` (a restricted unpickler that only rebuilds tensors and
-    plain containers) is tried first; Lightning checkpoints also hold callbacks and hyper-parameter
-    objects that only the full unpickler can rebuild, and only then is it used, with a warning.
+    A pickle can name any Python callable for the reader to run, so pickles are refused unless the caller
+    opted in, and even then read by ``safe_unpickle.load_pickle``: tensors are rebuilt, every other object
+    (Lightning callbacks, hyper-parameters, anything malicious) becomes an inert placeholder, listed in a
+    warning. No code from the file runs, whatever the flags.
     """
     path = Path(path)
     if path.suffix == SAFETENSORS_SUFFIX:
@@ -109,29 +110,20 @@ def read_state_file(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
                            f"or a pickle ({', '.join(PICKLE_SUFFIXES)}) with --allow-pickle")
     if not allow_pickle:
         raise WeightsError(
-            f"{path}: is a pickled checkpoint; loading a pickle can run arbitrary code hidden in the file. "
-            "imgtok reads it only through `imgtok convert SRC DST --allow-pickle`, for files you trust"
+            f"{path}: is a pickled checkpoint; imgtok reads pickles only through "
+            "`imgtok convert SRC DST --allow-pickle` (with a restricted unpickler that runs no code from the file)"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises pickle's UnpicklingError for objects it will not rebuild
-        if "weights_only" not in str(err):
-            raise WeightsError(
-                f"{path}: not a readable torch checkpoint ({err}); it may be corrupt or truncated"
-            ) from err
-        warnings.warn(
-            f"{path}: holds Python objects beyond tensors (e.g. a Lightning checkpoint's callbacks or "
-            "hyper-parameters), which weights_only=True refuses; reading it with the full unpickler, which "
-            "runs whatever code the file names. Do this only for files from a source you trust.",
-            stacklevel=2,
-        )
-        # The caller's explicit --allow-pickle opt-in is what permits this (see the docstring).
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err2:
-            raise WeightsError(
-                f"{path}: not a readable torch checkpoint ({err2}); it may be corrupt or truncated"
-            ) from err2
+        obj = load_pickle(path)
+    except Exception as err:  # pickle, zipfile and torch each raise their own types for a broken file
+        raise WeightsError(
+            f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err}); it may be corrupt or truncated"
+        ) from err
+    skipped = placeholders_in(obj)
+    if skipped:
+        shown = ", ".join(skipped[:6]) + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
+        warnings.warn(f"{path}: objects of {len(skipped)} class(es) were not rebuilt (kept as inert placeholders, "
+                      f"no code from the file ran): {shown}", stacklevel=2)
     return unwrap_checkpoint(obj, str(path))
 
 

@@ -55,7 +55,7 @@ def load_state_file(path: Path, allow_pickle: bool = False, config: AutoencoderC
 
     Args:
         path: ``.safetensors`` (read directly) or a pickle (``.ckpt``, ``.pt``, ``.pth``, ``.bin``).
-        allow_pickle: explicit opt-in to read pickles (they can run code).
+        allow_pickle: explicit opt-in to read pickles (through ``safe_unpickle``: no code from the file runs).
         config: imgtok config to use; required for imgtok-layout files and diffusers files without config.
     """
     state = read_state_file(path, allow_pickle)
@@ -118,7 +118,7 @@ def convert(src: str | Path, dst: str | Path, allow_pickle: bool = False,
     Args:
         src: folder, weights file or Hub repo id.
         dst: output folder (created).
-        allow_pickle: read pickled checkpoints (can run code hidden in the file; trusted files only).
+        allow_pickle: read pickled checkpoints at all (through ``safe_unpickle``: no code from the file runs).
         config: imgtok config (or preset name / JSON path) for formats that ship none.
         revision, subfolder: for Hub repos and pipeline folders.
     """
@@ -150,10 +150,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = convert(args.src, args.dst, allow_pickle=args.allow_pickle, config=args.config,
-                         revision=args.revision, subfolder=args.subfolder)
-    for w in caught:
-        print(f"imgtok convert: warning: {w.message}")
+        try:
+            result = convert(args.src, args.dst, allow_pickle=args.allow_pickle, config=args.config,
+                             revision=args.revision, subfolder=args.subfolder)
+        finally:  # what was said about the file matters most when the conversion then fails
+            for w in caught:
+                print(f"imgtok convert: warning: {w.message}")
     print(f"{args.src}: {result.source_format} -> {result.folder} ({_describe(result.config)}, "
           f"{result.parameters:,} parameters)")
     if result.dropped:
@@ -172,9 +174,9 @@ def add_convert_command(sub) -> None:
     p.add_argument("src", help="folder, weights file (.safetensors, .ckpt, .pt, .pth, .bin) or Hub repo id")
     p.add_argument("dst", help="output folder (config.json + model.safetensors)")
     p.add_argument("--allow-pickle", action="store_true",
-                   help="read pickled checkpoints (.ckpt/.pt/.pth/.bin). A pickle can run arbitrary code when "
-                        "loaded: use only for files you trust. weights_only=True is tried first; Lightning "
-                        "checkpoints need the full unpickler, which is then used with a warning")
+                   help="read pickled checkpoints (.ckpt/.pt/.pth/.bin), through a restricted unpickler: "
+                        "tensors are rebuilt, every other object (Lightning callbacks, hyper-parameters) is kept "
+                        "as an inert placeholder and listed; no code named by the file runs")
     p.add_argument("--config", default=None,
                    help="imgtok preset name or config JSON for formats without a config (default: read the "
                         "sizes off the tensor shapes)")
