@@ -46,7 +46,7 @@ from tokenizer.api import ImageTokenizer, ImageVAE, load_any
 from tokenizer.config import ConfigError
 from tokenizer.image_io import ImageError, read_image, to_pil
 from tokenizer.metrics import CodebookHistogram, psnr, structural_similarity
-from tokenizer.pretrained import WeightsError
+from tokenizer.checkpoints import WeightsError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
 # Quality ranges searched at the budget and sampled for the rate-distortion curves.

@@ -20,9 +20,10 @@ import sys
 from pathlib import Path
 
 from tokenizer.api import load_any
-from tokenizer.hub import HubError, push_model_folder
+from tokenizer.checkpoints import CONFIG_NAME, WEIGHTS_NAME
+from tokenizer.hub import HubError
 from tokenizer.model_card import Evaluation, ModelCardError, ModelCardInfo, load_metrics
-from tokenizer.pretrained import CONFIG_NAME, WEIGHTS_NAME
+from tokenizer.pretrained import push_model_folder
 
 
 def find_model_folder(path: Path) -> tuple[Path, Path | None]:

@@ -17,7 +17,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from tokenizer import ConfigError, ImageTokenizer, ImageVAE, WeightsError, load_any  # noqa: E402
 from tokenizer.cli import main as cli_main  # noqa: E402
-from tokenizer.interop import convert  # noqa: E402
+from tokenizer.convert import convert  # noqa: E402
 
 try:  # the loopback Hub fixture lives with the Hub tests
     from test_hub import hub  # noqa: E402, F401

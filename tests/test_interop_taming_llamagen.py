@@ -27,7 +27,7 @@ from tokenizer import (
     get_preset,
 )
 from tokenizer.cli import main as cli_main
-from tokenizer.interop import convert
+from tokenizer.convert import convert
 from tokenizer.pretrained import load_folder
 
 RES = ("norm1", "conv1", "norm2", "conv2")

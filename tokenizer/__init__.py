@@ -6,12 +6,12 @@
     img = tok.decode(ids)                    # (3, H, W) float in [0, 1]
 """
 
-from .api import ImageTokenizer, ImageVAE, load_any
+from .api import ImageAE, ImageTokenizer, ImageVAE, load_any
 from .config import AEConfig, AutoencoderConfig, ConfigError, KLConfig, VQConfig
 from .image_io import ImageError
 from .models import AEModel, DiagonalGaussian, KLModel, VQModel, build_model
 from .presets import PRESETS, get_preset
-from .pretrained import WeightsError
+from .checkpoints import WeightsError
 from .quantizer import QuantizerOutput, VectorQuantizer
 from .sequence import Segment, SequenceError, TokenLayout
 
@@ -22,6 +22,7 @@ IMGTOK = True
 __all__ = [
     "ImageTokenizer",
     "ImageVAE",
+    "ImageAE",
     "load_any",
     "AEConfig",
     "AutoencoderConfig",

@@ -1,4 +1,4 @@
-"""The API users call: ``ImageTokenizer`` (image <-> integer ids) and ``ImageVAE`` (image <-> latents).
+"""The API users call: ``ImageTokenizer`` (image <-> integer ids), ``ImageVAE`` and ``ImageAE`` (image <-> latents).
 
 One shape rule for both: a single image in gives a single grid out ((h, w), or (C, h, w) for the VAE);
 a 4-D batch (B, C, H, W) gives (B, h, w) ((B, C, h, w)); a list gives a list. ``decode`` mirrors it.
@@ -18,14 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import build, save_folder
 from .config import AutoencoderConfig, ConfigError, KLConfig
 from .fast import InferenceOptions, autocast_context
 from .fast import configure as configure_inference
+from .hub import HubOptions
 from .image_io import as_image_list
-from .models import KLModel, VQModel, build_model
+from .models import AEModel, KLModel, VQModel, build_model
 from .model_card import ModelCardInfo, render_model_card
 from .presets import get_preset
-from .pretrained import WeightsError, load_folder, resolve_folder, save_folder
+from .pretrained import load_checkpoint
 
 Size = tuple[int, int]
 
@@ -80,20 +82,15 @@ class _ImageModel(nn.Module):
             device: where to put the model (default CPU).
             dtype: weights dtype (e.g. torch.bfloat16); the quantizer always stays fp32.
         """
-        folder = resolve_folder(
-            name_or_path, cls.model_type, revision=revision, subfolder=subfolder, cache_dir=cache_dir,
-            token=token, local_files_only=local_files_only,
-        )
-        try:
-            model = load_folder(folder, expected_type=cls.model_type)
-        except (WeightsError, ConfigError) as err:
-            if name_or_path is None or Path(name_or_path).exists():
-                raise
-            # Downloaded: name the repo, not only the cache path the file landed in.
-            raise type(err)(f"Hub repo {name_or_path}" + (f"@{revision}" if revision else "") + f": {err}") from err
-        wrapper = cls(model)
+        options = HubOptions(revision, subfolder, cache_dir, token, local_files_only)
+        return cls._from_checkpoint(load_checkpoint(name_or_path, options, cls.model_type), name_or_path,
+                                    device, dtype)
+
+    @classmethod
+    def _from_checkpoint(cls, checkpoint, name_or_path, device, dtype):
+        wrapper = cls(build(checkpoint))
         wrapper.source = str(name_or_path) if name_or_path is not None else "bundled"
-        wrapper.folder = Path(folder)
+        wrapper.folder = Path(checkpoint.source).parent  # the folder the weights were read from
         return wrapper.to(device=device, dtype=dtype)
 
     def to(self, *args, **kwargs):
@@ -286,6 +283,19 @@ class ImageTokenizer(_ImageModel):
         """Image(s) -> long ids: (h, w) for one image, (B, h, w) for a batch, a list for a list."""
         return self._encode_images(image, self.model.encode_ids)
 
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Already-decoded pixels (B, 3, H, W) in [0, 1], one size, -> (B, h, w) long ids in one pass.
+
+        What ``encode`` does for each batch, without its input handling (paths, lists, grouping by size),
+        for callers with their own data pipeline (the batch tokenizer, benchmarks): same ids as ``encode``.
+        """
+        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
+            got = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+            raise ValueError(f"encode_pixels: expected a (B, 3, H, W) float tensor in [0, 1], got {got}")
+        with self._inference_context():
+            return self.model.encode_ids(self._to_model_input(pixels))
+
     def _check_ids(self, ids: Any, what: str) -> torch.Tensor:
         if isinstance(ids, np.ndarray):
             ids = torch.from_numpy(ids.astype(np.int64) if ids.dtype == np.uint16 else ids)
@@ -330,39 +340,24 @@ class ImageTokenizer(_ImageModel):
         return h * w * self.bits_per_token / (height * width)
 
 
-class ImageVAE(_ImageModel):
-    """Images <-> continuous latents (diagonal-Gaussian VAE), scaled for diffusion models.
+class _LatentModel(_ImageModel):
+    """Images <-> continuous latents: (C, h, w) for one image, (B, C, h, w) for a batch, a list for a list.
 
-    Latents returned by ``encode`` are ``(mode - shift_factor) * scaling_factor``; ``decode`` undoes it.
+    ``encode`` returns ``(z - shift) * scale`` and ``decode`` undoes it (scale 1, shift 0 for families whose
+    config has no scaling).
     """
-
-    model_type = "kl"
-    model: KLModel
 
     @property
     def latent_channels(self) -> int:
         return self.config.latent_channels
 
     @property
-    def config(self) -> KLConfig:
-        return self.model.config
+    def _scale_shift(self) -> tuple[float, float]:
+        return getattr(self.config, "scaling_factor", 1.0), getattr(self.config, "shift_factor", 0.0)
 
-    @torch.no_grad()
-    def encode(self, image: Any, sample: bool = False, generator: torch.Generator | None = None):
-        """Image(s) -> scaled latents: (C, h, w) for one image, (B, C, h, w) for a batch, list for a list.
-
-        Args:
-            sample: draw from the posterior instead of taking its mode.
-            generator: random generator for ``sample=True``.
-        """
-        cfg = self.config
-
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            post = self.model.posterior(x)
-            z = post.sample(generator) if sample else post.mode()
-            return ((z.float() - cfg.shift_factor) * cfg.scaling_factor)
-
-        return self._encode_images(image, fn)
+    def _scaled(self, z: torch.Tensor) -> torch.Tensor:
+        scale, shift = self._scale_shift
+        return (z.float() - shift) * scale
 
     @torch.no_grad()
     def decode(self, latents: Any, size: Size | Sequence[Size] | None = None):
@@ -379,7 +374,8 @@ class ImageVAE(_ImageModel):
             )
         single = latents.ndim == 3
         z = latents[None] if single else latents  # (B, C, h, w)
-        z = z.to(self.device).float() / self.config.scaling_factor + self.config.shift_factor
+        scale, shift = self._scale_shift
+        z = z.to(self.device).float() / scale + shift
         with self._inference_context():
             outs = [
                 self._to_image(self.model.decode_latents(z[s : s + self.max_batch].to(self.dtype)), size)
@@ -389,17 +385,60 @@ class ImageVAE(_ImageModel):
         return out[0] if single else out
 
 
-def load_any(name_or_path: str | Path | None = None, **kwargs: Any) -> ImageTokenizer | ImageVAE:
-    """An ``ImageTokenizer`` or ``ImageVAE``, whichever the folder/repo holds (default: the bundled tokenizer)."""
-    if name_or_path is None:
-        return ImageTokenizer.from_pretrained(None, **kwargs)
-    folder = resolve_folder(name_or_path, "vq", **{k: v for k, v in kwargs.items() if k not in ("device", "dtype")})
-    from .interop.diffusers import diffusers_folder, model_type_of
+class ImageVAE(_LatentModel):
+    """Images <-> continuous latents (diagonal-Gaussian VAE), scaled for diffusion models.
 
-    foreign = diffusers_folder(folder)  # a diffusers AutoencoderKL/VQModel folder loads directly too
-    model_type = model_type_of(foreign) if foreign else AutoencoderConfig.load(folder / "config.json").model_type
-    cls = ImageTokenizer if model_type == "vq" else ImageVAE
-    if model_type not in ("vq", "kl"):
-        raise ConfigError(f"{folder}: holds a {model_type!r} model; the CLI handles 'vq' and 'kl'")
-    return cls.from_pretrained(folder, device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+    Latents returned by ``encode`` are ``(mode - shift_factor) * scaling_factor``; ``decode`` undoes it.
+    """
 
+    model_type = "kl"
+    model: KLModel
+
+    @property
+    def config(self) -> KLConfig:
+        return self.model.config
+
+    @torch.no_grad()
+    def encode(self, image: Any, sample: bool = False, generator: torch.Generator | None = None):
+        """Image(s) -> scaled latents: (C, h, w) for one image, (B, C, h, w) for a batch, list for a list.
+
+        Args:
+            sample: draw from the posterior instead of taking its mode.
+            generator: random generator for ``sample=True``.
+        """
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            post = self.model.posterior(x)
+            return self._scaled(post.sample(generator) if sample else post.mode())
+
+        return self._encode_images(image, fn)
+
+
+class ImageAE(_LatentModel):
+    """Images <-> continuous latents of a plain (deterministic) autoencoder, with ``ImageVAE``'s conventions.
+
+    The family has no scaling: ``encode`` returns the bottleneck latents as they are.
+    """
+
+    model_type = "ae"
+    model: AEModel
+
+    @torch.no_grad()
+    def encode(self, image: Any):
+        """Image(s) -> latents: (C, h, w) for one image, (B, C, h, w) for a batch, list for a list."""
+        return self._encode_images(image, lambda x: self._scaled(self.model.encode_latents(x)))
+
+
+API_CLASSES: dict[str, type[_ImageModel]] = {"vq": ImageTokenizer, "kl": ImageVAE, "ae": ImageAE}
+
+
+def load_any(name_or_path: str | Path | None = None, device: str | torch.device | None = None,
+             dtype: torch.dtype | None = None, **hub_options: Any) -> ImageTokenizer | ImageVAE | ImageAE:
+    """The API class of whichever family the folder/file/repo holds (default: the bundled tokenizer).
+
+    Args:
+        name_or_path, device, dtype: as in ``from_pretrained``.
+        hub_options: revision, subfolder, cache_dir, token, local_files_only (``HubOptions``).
+    """
+    checkpoint = load_checkpoint(name_or_path, HubOptions(**hub_options), None if name_or_path else "vq")
+    cls = API_CLASSES[checkpoint.config.model_type]
+    return cls._from_checkpoint(checkpoint, name_or_path, device, dtype)

@@ -440,7 +440,7 @@ def _model_record(tok: ImageTokenizer, config: TokenizeConfig) -> dict[str, Any]
     """Which weights made the ids: name or path, revision, sha256 of model.safetensors."""
     from safetensors.torch import save as save_bytes
 
-    from .pretrained import WEIGHTS_NAME, sha256_of
+    from .checkpoints import WEIGHTS_NAME, sha256_of
 
     folder = getattr(tok, "folder", None)
     if folder is not None and (Path(folder) / WEIGHTS_NAME).is_file():

@@ -128,7 +128,7 @@ _EXTRA_COMMANDS: list = []
 
 
 def _register_convert(sub) -> None:
-    from .interop.convert import add_convert_command  # imported lazily: keeps start-up light
+    from .convert import add_convert_command  # imported lazily: keeps start-up light
 
     add_convert_command(sub)
 

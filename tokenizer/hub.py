@@ -1,30 +1,53 @@
-"""Hugging Face Hub access through ``huggingface_hub``: download a model folder, push one.
+"""Hugging Face Hub access through ``huggingface_hub``: fetch a snapshot of a repo's files, push a folder.
 
 Everything goes through the official client, so its cache layout (``HF_HOME``/``HF_HUB_CACHE``),
 ``HF_ENDPOINT``, ``HF_TOKEN`` and offline mode (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``: files
 come from the cache, no request is made) behave as in every other Hub library. Client errors are
-turned into ``HubError`` / ``WeightsError`` messages that name the repo and say what to do.
+turned into ``HubError`` messages that name the repo and say what to do. Which files a model needs is
+``tokenizer.pretrained``'s business (with the names of ``tokenizer.checkpoints``); this module only moves them.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from .pretrained import CONFIG_NAME, PICKLE_WEIGHT_NAMES, WEIGHTS_NAME, WeightsError
+from .checkpoints import CONFIG_NAME, WEIGHTS_NAME
 
 MODEL_CARD_NAME = "README.md"
 DEFAULT_COMMIT_MESSAGE = "Upload imgtok model"
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
-_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
 
 class HubError(OSError):
     """A repo, revision or file that cannot be fetched from (or pushed to) the Hub or its cache."""
 
 
-def _where(repo_id: str, revision: str | None, subfolder: str | None) -> str:
-    return f"{repo_id}" + (f"@{revision}" if revision else "") + (f"/{subfolder}" if subfolder else "")
+@dataclass(frozen=True)
+class HubOptions:
+    """Where and how to fetch a Hub repo (the arguments every ``huggingface_hub`` download takes).
+
+    revision: a branch, tag or commit sha (default "main"); a sha pins exact files.
+    subfolder: a folder inside the repo holding the model files.
+    cache_dir: instead of ``HF_HUB_CACHE`` (``$HF_HOME/hub``).
+    token: as in ``huggingface_hub`` (None: the saved login or ``HF_TOKEN``; False: none).
+    local_files_only: use the cache only, like ``HF_HUB_OFFLINE=1``.
+    """
+
+    revision: str | None = None
+    subfolder: str | None = None
+    cache_dir: str | Path | None = None
+    token: str | bool | None = None
+    local_files_only: bool = False
+
+    def where(self, repo_id: str) -> str:
+        """``repo@revision/subfolder``, for messages."""
+        return repo_id + (f"@{self.revision}" if self.revision else "") + (f"/{self.subfolder}" if self.subfolder else "")
+
+    def prefix(self) -> str:
+        """The subfolder as a path prefix inside the repo ("" or "sub/")."""
+        return f"{self.subfolder.strip('/')}/" if self.subfolder else ""
 
 
 def _offline(local_files_only: bool) -> bool:
@@ -33,29 +56,20 @@ def _offline(local_files_only: bool) -> bool:
     return bool(local_files_only or constants.HF_HUB_OFFLINE)
 
 
-def download_folder(
-    repo_id: str,
-    revision: str | None = None,
-    subfolder: str | None = None,
-    cache_dir: str | Path | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-    filenames: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME),
-) -> Path:
-    """Fetch a Hub repo's model files into the ``huggingface_hub`` cache and return their local folder.
+def download(repo_id: str, options: HubOptions, patterns: list[str]) -> Path:
+    """Fetch the files of one commit of ``repo_id`` that match ``patterns``; return the snapshot folder.
+
+    ``snapshot_download`` resolves the revision to a commit once and fetches every file from that commit,
+    so a push landing between two files cannot pair one commit's config with another's weights. Patterns
+    that match nothing are not an error: the caller looks at what arrived.
 
     Args:
         repo_id: "namespace/name" on the Hub (``HF_ENDPOINT``).
-        revision: a branch, tag or commit sha (default "main"); a sha pins exact files.
-        subfolder: a folder inside the repo holding the model files.
-        cache_dir: instead of ``HF_HUB_CACHE`` (``$HF_HOME/hub``).
-        token: as in ``huggingface_hub`` (None: the saved login or ``HF_TOKEN``; False: none).
-        local_files_only: use the cache only, like ``HF_HUB_OFFLINE=1``.
-        filenames: the files to fetch; the first is the config, the second the weights.
+        options: revision, cache_dir, token, local_files_only (``subfolder`` is part of ``patterns``).
+        patterns: ``allow_patterns`` (paths inside the repo, globs allowed).
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
-        EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
         HFValidationError,
@@ -64,80 +78,51 @@ def download_folder(
         RevisionNotFoundError,
     )
 
-    where = _where(repo_id, revision, subfolder)
-    paths: list[Path] = []
-    pinned = revision
-    for index, filename in enumerate(filenames):
-        try:
-            paths.append(Path(hf_hub_download(
-                repo_id=repo_id, filename=filename, revision=pinned, subfolder=subfolder, cache_dir=cache_dir,
-                token=token, local_files_only=local_files_only,
-            )))
-            # The rest comes from the commit the first file came from: a push between two downloads must
-            # not pair one commit's config with another's weights (and a cached sha needs no request).
-            pinned = _snapshot_sha(paths[0]) or revision
-        except HFValidationError as err:
+    where = options.where(repo_id)
+    try:
+        return Path(snapshot_download(
+            repo_id, revision=options.revision, cache_dir=options.cache_dir, token=options.token,
+            local_files_only=options.local_files_only, allow_patterns=patterns,
+        ))
+    except HFValidationError as err:
+        raise HubError(
+            f"{repo_id!r}: no such local folder, and not a valid Hub repo id ('namespace/name'): {err}"
+        ) from err
+    except GatedRepoError as err:  # before RepositoryNotFoundError, its base class
+        raise HubError(f"{repo_id}: a gated Hub repo; accept its terms on the Hub and pass token=") from err
+    except RepositoryNotFoundError as err:
+        raise HubError(
+            f"{repo_id}: no such local folder or Hub repo (if the repo is private, log in or pass token=)"
+        ) from err
+    except RevisionNotFoundError as err:
+        raise HubError(
+            f"{repo_id}: revision {options.revision!r} not found (expected a branch, tag or commit sha)"
+        ) from err
+    except LocalEntryNotFoundError as err:
+        if _offline(options.local_files_only):
             raise HubError(
-                f"{repo_id!r}: no such local folder, and not a valid Hub repo id ('namespace/name'): {err}"
+                f"{where}: not in the local cache and downloads are off "
+                "(HF_HUB_OFFLINE=1 or local_files_only=True); load it once online first"
             ) from err
-        except GatedRepoError as err:
-            raise HubError(f"{repo_id}: a gated Hub repo; accept its terms on the Hub and pass token=") from err
-        except RepositoryNotFoundError as err:
-            raise HubError(
-                f"{repo_id}: no such local folder or Hub repo (if the repo is private, log in or pass token=)"
-            ) from err
-        except RevisionNotFoundError as err:
-            raise HubError(
-                f"{repo_id}: revision {revision!r} not found (expected a branch, tag or commit sha)"
-            ) from err
-        except LocalEntryNotFoundError as err:  # before EntryNotFoundError, its base class
-            if _offline(local_files_only):
-                raise HubError(
-                    f"{where}: {filename} is not in the local cache and downloads are off "
-                    "(HF_HUB_OFFLINE=1 or local_files_only=True); load it once online first"
-                ) from err
-            raise HubError(
-                f"{where}: could not reach the Hub and {filename} is not in the local cache ({err})"
-            ) from err
-        except EntryNotFoundError as err:
-            if index == 0:
-                raise HubError(f"{where}: the repo has no {filename}; expected an imgtok model repo") from err
-            raise _missing_weights(repo_id, where, pinned, subfolder, token, filename) from err
-        except HfHubHTTPError as err:
-            raise HubError(f"{where}: the Hub refused the download of {filename}: {err}") from err
-    return paths[0].parent
+        raise HubError(f"{where}: could not reach the Hub and the files are not in the local cache ({err})") from err
+    except HfHubHTTPError as err:
+        raise HubError(f"{where}: the Hub refused the download: {err}") from err
 
 
-def _snapshot_sha(path: Path) -> str | None:
-    """The commit sha in a cache path ``.../snapshots/<sha>/[subfolder/]file``, if it is one."""
-    parts = path.parts
-    for i in range(len(parts) - 2, 0, -1):  # the last "snapshots" above the file
-        if parts[i - 1] == "snapshots":
-            return parts[i] if _COMMIT_SHA.fullmatch(parts[i]) else None
-    return None
+def list_files(repo_id: str, options: HubOptions) -> list[str]:
+    """The repo's files directly inside ``options.subfolder`` (names relative to it); [] if the listing fails.
 
-
-def _missing_weights(
-    repo_id: str, where: str, revision: str | None, subfolder: str | None, token, filename: str
-) -> Exception:
-    """The error for a repo without its safetensors weights: pickles are refused with the converter's name."""
+    Only for messages (naming the pickles a repo holds instead of safetensors): a failure here must not
+    hide the problem being reported.
+    """
     from huggingface_hub import HfApi
 
-    try:  # listing only improves the message, so a failure here must not hide the real problem
-        files = HfApi(token=token).list_repo_files(repo_id, revision=revision)
+    try:
+        files = HfApi(token=options.token).list_repo_files(repo_id, revision=options.revision)
     except Exception:
-        files = []
-    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
-    here = [f[len(prefix):] for f in files if f.startswith(prefix) and "/" not in f[len(prefix):]]
-    pickles = sorted(f for f in here if f in PICKLE_WEIGHT_NAMES or f.endswith(_PICKLE_SUFFIXES))
-    if pickles:
-        return WeightsError(
-            f"{where}: holds only pickle weights ({', '.join(pickles)}), no {filename}; imgtok loads safetensors "
-            f"only. Convert explicitly with `imgtok convert {repo_id} OUT --allow-pickle` (unpickling can run code)"
-        )
-    other = sorted(f for f in here if f.endswith(".safetensors"))
-    also = f" (it has {', '.join(other)})" if other else ""
-    return HubError(f"{where}: the repo has no {filename}{also}")
+        return []
+    prefix = options.prefix()
+    return [f[len(prefix):] for f in files if f.startswith(prefix) and "/" not in f[len(prefix):]]
 
 
 def push_folder(
@@ -199,40 +184,3 @@ def push_folder(
         status = err.response.status_code if err.response is not None else "?"
         hint = " (log in with `hf auth login` or pass token=)" if status in (401, 403) else ""
         raise HubError(f"{repo_id}: push failed, the Hub answered {status}{hint}: {err}") from err
-
-
-def push_model_folder(
-    folder: str | Path,
-    repo_id: str,
-    info=None,
-    private: bool = False,
-    commit_message: str | None = None,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    extra_files: dict[str, str | Path | bytes] | None = None,
-):
-    """Push an existing model folder as it is (weights byte-identical) with a freshly rendered card.
-
-    The folder is loaded strictly first, so a broken export is refused before anything is uploaded.
-
-    Args:
-        folder: a model folder (config.json + model.safetensors), e.g. a training run's export.
-        repo_id: "namespace/name".
-        info: a ``ModelCardInfo`` (datasets, metrics, training notes) for the card.
-        private, commit_message, revision, token, extra_files: as in ``push_folder``.
-    """
-    import dataclasses
-
-    from .api import load_any
-    from .model_card import ModelCardInfo
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such model folder")
-    model = load_any(folder)
-    info = info or ModelCardInfo()
-    card = model.model_card(dataclasses.replace(info, repo_id=info.repo_id or repo_id))
-    return push_folder(
-        folder, repo_id, model_card=card, private=private, commit_message=commit_message, revision=revision,
-        token=token, extra_files=extra_files,
-    )

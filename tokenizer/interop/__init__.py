@@ -1,14 +1,13 @@
-"""Loading other libraries' autoencoders into imgtok, with identical outputs.
+"""Reading other libraries' autoencoders into imgtok checkpoints, with identical outputs.
 
-- diffusers ``AutoencoderKL`` / ``VQModel`` folders (and a pipeline's ``vae/``) load directly through
-  ``ImageVAE.from_pretrained`` / ``ImageTokenizer.from_pretrained`` (see ``diffusers.py``).
-- taming-transformers VQGAN, LDM AutoencoderKL and LlamaGen VQ weights are converted with
-  ``imgtok convert SRC DST`` (``convert.py``); their pickled ``.ckpt`` / ``.pt`` files only with
-  ``--allow-pickle``.
+Each importer turns a foreign state dict (and config, where the library ships one) into a
+``tokenizer.checkpoints.Checkpoint``; ``tokenizer.pretrained`` picks the importer from the files and key
+names, so these load through ``from_pretrained`` and ``imgtok convert`` alike:
+
+- ``diffusers.py``: diffusers ``AutoencoderKL`` / ``VQModel`` folders (and a pipeline's ``vae/``);
+- ``taming.py``: taming-transformers VQGAN and LDM AutoencoderKL state dicts;
+- ``llamagen.py``: LlamaGen VQ state dicts;
+- ``common.py``: key renaming, reading (opt-in pickle) weight files, configs read off tensor shapes.
+
+This package imports nothing above ``tokenizer.checkpoints``: the load path imports it, never the reverse.
 """
-
-from .common import Imported
-from .convert import ConvertResult, convert, load_checkpoint
-from .diffusers import diffusers_folder, load_diffusers_folder
-
-__all__ = ["Imported", "ConvertResult", "convert", "load_checkpoint", "diffusers_folder", "load_diffusers_folder"]

@@ -1,8 +1,8 @@
 """Shared pieces of the importers: renaming keys, reading weight files, inferring a config from shapes.
 
 Every importer turns another library's state dict into imgtok's key layout (taming's module names, see
-``tokenizer/blocks.py``) and then goes through the same strict path as our own folders: build the model
-from a config, check every key and shape (``check_state_dict``), load. A key no rule knows is refused by
+``tokenizer/blocks.py``) and returns a ``Checkpoint``, which goes through the same strict path as our own
+folders (``tokenizer.checkpoints.build``: every key and shape checked). A key no rule knows is refused by
 name, never dropped silently.
 """
 
@@ -10,41 +10,18 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..checkpoints import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, WeightsError, read_weights
 from ..config import AutoencoderConfig, ConfigError, KLConfig, VQConfig
-from ..models import build_model
 from ..presets import PRESETS, get_preset
-from ..pretrained import WeightsError, check_state_dict, read_weights
 from .safe_unpickle import load_pickle, placeholders_in
-
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-SAFETENSORS_SUFFIX = ".safetensors"
-# Buffers of our quantizer that no other library has; a freshly built model's values are the right start.
-FRESH_BUFFERS = ("quantizer.usage", "quantizer.usage_steps", "quantizer.initialized")
 
 # A rule maps a foreign key to (our key, tensor transform) or returns None when it does not apply.
 Rule = Callable[[str], "tuple[str, Callable[[torch.Tensor], torch.Tensor] | None] | None"]
-
-
-@dataclass
-class Imported:
-    """An imported model and what the import did, for the CLI's report.
-
-    model: the loaded imgtok module (``VQModel`` / ``KLModel``), in eval mode.
-    source_format: "diffusers", "taming", "ldm" or "llamagen".
-    dropped: keys of the source that are not part of the autoencoder (losses, usage statistics).
-    notes: fields of the source that imgtok does not represent, said out loud.
-    """
-
-    model: torch.nn.Module
-    source_format: str
-    dropped: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def as_conv1x1(t: torch.Tensor) -> torch.Tensor:
@@ -227,20 +204,3 @@ def infer_config(state: dict[str, torch.Tensor], model_type: str, source: str, *
     except (ConfigError, TypeError) as err:
         raise WeightsError(f"{source}: the tensors describe no valid imgtok {model_type!r} config ({err})") from err
     return config
-
-
-def build_loaded(config: AutoencoderConfig, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
-    """Build ``config``'s model and load ``state`` (imgtok key names) strictly; eval mode."""
-    model = build_model(config)
-    expected = model.state_dict()
-    state = dict(state)
-    for key in FRESH_BUFFERS:
-        if key in expected and key not in state:
-            state[key] = expected[key]
-    if "quantizer.initialized" in expected:
-        # Trained codes: k-means initialisation must never run over them if this model trains further.
-        state["quantizer.initialized"] = torch.ones_like(expected["quantizer.initialized"])
-    check_state_dict(model, state, source)
-    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
-    return model.eval()

@@ -27,14 +27,17 @@ from typing import Any
 
 import torch
 
+from ..checkpoints import (
+    CONFIG_NAME,
+    DIFFUSERS_PICKLES,
+    DIFFUSERS_WEIGHTS,
+    PIPELINE_SUBFOLDERS,
+    Checkpoint,
+    WeightsError,
+)
 from ..config import AutoencoderConfig, ConfigError, KLConfig, VQConfig
-from ..pretrained import WeightsError
-from .common import Imported, as_conv1x1, build_loaded, read_state_file, regex_rule, rename_state
+from .common import as_conv1x1, read_state_file, regex_rule, rename_state
 
-CONFIG_NAME = "config.json"
-WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
-PICKLE_NAMES = ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
-PIPELINE_SUBFOLDERS = ("vae", "vqvae")
 CLASS_TO_TYPE = {"AutoencoderKL": "kl", "VQModel": "vq"}
 
 # diffusers' constructor defaults, for configs written by versions that predate a field.
@@ -92,10 +95,10 @@ def model_type_of(folder: Path) -> str:
 
 
 def weights_file(folder: Path, allow_pickle: bool = False) -> Path:
-    for name in WEIGHT_NAMES:
+    for name in DIFFUSERS_WEIGHTS:
         if (folder / name).is_file():
             return folder / name
-    pickles = [name for name in PICKLE_NAMES if (folder / name).is_file()]
+    pickles = [name for name in DIFFUSERS_PICKLES if (folder / name).is_file()]
     if pickles and allow_pickle:
         return folder / pickles[0]
     if pickles:
@@ -103,7 +106,7 @@ def weights_file(folder: Path, allow_pickle: bool = False) -> Path:
             f"{folder}: holds only pickle weights ({', '.join(pickles)}); imgtok loads safetensors directly and "
             f"reads pickles only through `imgtok convert {folder} OUT --allow-pickle` (a pickle can run code)"
         )
-    raise FileNotFoundError(f"{folder}: diffusers config.json but no {WEIGHT_NAMES[0]}")
+    raise FileNotFoundError(f"{folder}: diffusers config.json but no {DIFFUSERS_WEIGHTS[0]}")
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -223,13 +226,13 @@ def to_imgtok_state(state: dict[str, torch.Tensor], num_levels: int, source: str
     return renamed
 
 
-def load_diffusers_folder(folder: str | Path, expected_type: str | None = None,
-                          allow_pickle: bool = False) -> Imported:
-    """Load a diffusers AutoencoderKL / VQModel folder (or a pipeline folder with ``vae/``) into imgtok.
+def read_diffusers_folder(folder: str | Path, expected_type: str | None = None,
+                          allow_pickle: bool = False) -> Checkpoint:
+    """A diffusers AutoencoderKL / VQModel folder (or a pipeline folder with ``vae/``) as an imgtok checkpoint.
 
     Args:
         folder: the model folder, or a pipeline folder whose ``vae/`` holds it.
-        expected_type: "kl" or "vq" to refuse the other family with a clear message.
+        expected_type: "kl" or "vq" to refuse the other family (before reading the weights).
         allow_pickle: also read ``diffusion_pytorch_model.bin`` (only ``imgtok convert`` sets this).
     """
     folder = Path(folder)
@@ -246,8 +249,7 @@ def load_diffusers_folder(folder: str | Path, expected_type: str | None = None,
     config, notes = config_from_diffusers(read_json(config_path) or {}, str(config_path))
     path = weights_file(found, allow_pickle)
     state = to_imgtok_state(read_state_file(path, allow_pickle), len(config.channel_mult), str(path))
-    model = build_loaded(config, state, str(path))
     for note in notes:
         if "latents_mean" in note:
             warnings.warn(f"{config_path}: {note}", stacklevel=2)
-    return Imported(model, "diffusers", dropped=[], notes=notes)
+    return Checkpoint(config, state, str(path), "diffusers", notes=notes)

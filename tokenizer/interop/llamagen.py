@@ -22,9 +22,9 @@ import re
 
 import torch
 
+from ..checkpoints import Checkpoint, WeightsError
 from ..config import AutoencoderConfig
-from ..pretrained import WeightsError
-from .common import Imported, build_loaded, infer_config, regex_rule, rename_state
+from .common import infer_config, regex_rule, rename_state
 
 DROP = ("quantize.codebook_used",)
 _MID = {"0": "block_1", "1": "attn_1", "2": "block_2"}
@@ -56,8 +56,8 @@ def _rules(num_levels: int) -> list:
     ]
 
 
-def load_llamagen_state(state: dict[str, torch.Tensor], source: str,
-                        config: AutoencoderConfig | None = None) -> Imported:
+def read_llamagen_state(state: dict[str, torch.Tensor], source: str,
+                        config: AutoencoderConfig | None = None) -> Checkpoint:
     """A LlamaGen ``VQModel`` state dict -> imgtok.
 
     Args:
@@ -72,5 +72,4 @@ def load_llamagen_state(state: dict[str, torch.Tensor], source: str,
     if config is None:
         config = infer_config(renamed, "vq", source, norm_groups=32, l2_normalize=True,
                               commitment_beta=0.25, codebook_loss_weight=1.0)
-    model = build_loaded(config, renamed, source)
-    return Imported(model, "llamagen", dropped=dropped)
+    return Checkpoint(config, renamed, source, "llamagen", dropped=dropped)

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import torch
 
+from ..checkpoints import Checkpoint
 from ..config import AutoencoderConfig
-from .common import Imported, build_loaded, infer_config, regex_rule, rename_state
+from .common import infer_config, regex_rule, rename_state
 
 DROP = ("loss.", "model_ema.")
 TAMING_BETA = 0.25  # taming VQModel's VectorQuantizer(n_embed, embed_dim, beta=0.25)
@@ -40,8 +41,8 @@ def is_taming_layout(keys) -> bool:
     return any(k.startswith("encoder.down.") for k in keys) and any(k.startswith("decoder.up.") for k in keys)
 
 
-def load_taming_state(state: dict[str, torch.Tensor], source: str,
-                      config: AutoencoderConfig | None = None) -> Imported:
+def read_taming_state(state: dict[str, torch.Tensor], source: str,
+                      config: AutoencoderConfig | None = None) -> Checkpoint:
     """A taming VQGAN (``quantize.embedding.weight`` present) or LDM AutoencoderKL state dict -> imgtok.
 
     Args:
@@ -56,5 +57,4 @@ def load_taming_state(state: dict[str, torch.Tensor], source: str,
         if model_type == "vq":
             fixed.update(l2_normalize=False, commitment_beta=1.0, codebook_loss_weight=TAMING_BETA)
         config = infer_config(renamed, model_type, source, **fixed)
-    model = build_loaded(config, renamed, source)
-    return Imported(model, "taming" if model_type == "vq" else "ldm", dropped=dropped)
+    return Checkpoint(config, renamed, source, "taming" if model_type == "vq" else "ldm", dropped=dropped)
