@@ -31,6 +31,7 @@ from .checkpoints import (
     Checkpoint,
     WeightsError,
     build,
+    check_state_dict,
     read_weights,
     save_folder,
     sha256_of,
@@ -49,7 +50,7 @@ BUNDLED = {"vq": BUNDLED_DIR / "imgtok-vq-f8", "kl": BUNDLED_DIR / "imgtok-kl-f8
 
 __all__ = [
     "BUNDLED", "HubOptions", "Checkpoint", "WeightsError", "resolve", "read_checkpoint", "load_checkpoint",
-    "load_model", "load_folder", "save_folder", "read_weights", "sha256_of", "push_model_folder",
+    "load_model", "load_folder", "save_folder", "read_weights", "check_state_dict", "sha256_of", "push_model_folder",
 ]
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tokenizer.checkpoints import build, check_state_dict
 from tokenizer.config import AutoencoderConfig, ConfigError
-from tokenizer.pretrained import BUNDLED, check_state_dict
+from tokenizer.pretrained import BUNDLED, load_checkpoint
 
 # The names the shipped models go by (their folder names, and the CLI's aliases).
 BUNDLED_NAMES = {
@@ -74,11 +75,11 @@ def read_init_source(spec: str, allow_pickle: bool = False) -> InitSource:
         checkpoint = _checkpoint_folder(path)
         if checkpoint is not None:
             return _read_checkpoint(checkpoint)
-    from tokenizer.interop.convert import load_checkpoint  # every other format: the converter's reader
-
-    imported = load_checkpoint(str(path) if path.exists() else spec, allow_pickle=allow_pickle)
-    state = {k: v.detach().clone() for k, v in imported.model.state_dict().items()}
-    return InitSource(f"{spec} ({imported.source_format})", imported.model.config, state)
+    # Every other format: the one load path (from_pretrained's and the converter's).
+    checkpoint = load_checkpoint(str(path) if path.exists() else spec, allow_pickle=allow_pickle)
+    model = build(checkpoint)  # fills what other libraries lack (the quantizer's bookkeeping buffers)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return InitSource(f"{spec} ({checkpoint.source_format})", model.config, state)
 
 
 def load_init_weights(source: InitSource, model: torch.nn.Module, ema: torch.nn.Module,
