@@ -16,7 +16,7 @@ import torch
 from test_interop_taming_llamagen import TAMING, _assert_same, _random, their_state
 
 from tokenizer.cli import main as cli_main
-from tokenizer.interop import convert
+from tokenizer.convert import convert
 from tokenizer.interop.safe_unpickle import Placeholder, load_pickle, placeholders_in
 from tokenizer.pretrained import WeightsError
 
