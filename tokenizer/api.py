@@ -10,6 +10,7 @@ Axis letters: B batch, H/W image size, h/w grid (ceil(H/f), ceil(W/f)), C latent
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -241,11 +242,31 @@ class _ImageModel(nn.Module):
 
     @staticmethod
     def _split_sizes(size, count: int) -> list[Size | None]:
-        if size is None or (len(size) == 2 and all(isinstance(s, int) for s in size)):
+        if size is None or (len(size) == 2 and all(_is_int(s) for s in size)):
             return [size] * count
         if len(size) != count:
             raise ValueError(f"size: got {len(size)} sizes for {count} inputs")
         return list(size)
+
+    def _checked_size(self, size: Any, grid: tuple[int, int]) -> Size | None:
+        """``size`` as (H, W) ints within what a (h, w) grid decodes to (h*f, w*f), else a ValueError."""
+        if size is None:
+            return None
+        full = (grid[0] * self.downsample_factor, grid[1] * self.downsample_factor)
+        try:
+            ok = len(size) == 2 and all(_is_int(s) for s in size)
+        except TypeError:  # no len(): a number, None inside, ...
+            ok = False
+        if not ok:
+            raise ValueError(f"decode: size {size!r}; expected (H, W), two integers")
+        height, width = int(size[0]), int(size[1])
+        if not (1 <= height <= full[0] and 1 <= width <= full[1]):
+            raise ValueError(
+                f"decode: size ({height}, {width}) does not fit the decoded image {full[0]} x {full[1]} "
+                f"(grid {grid[0]} x {grid[1]} at f={self.downsample_factor}); expected 1 <= H <= {full[0]} "
+                f"and 1 <= W <= {full[1]}"
+            )
+        return height, width
 
     @torch.no_grad()
     def reconstruct(self, image: Any):
@@ -297,8 +318,17 @@ class ImageTokenizer(_ImageModel):
             return self.model.encode_ids(self._to_model_input(pixels))
 
     def _check_ids(self, ids: Any, what: str) -> torch.Tensor:
+        if isinstance(ids, torch.Tensor) and ids.dtype in (torch.uint16, torch.uint32, torch.uint64):
+            ids = ids.cpu().numpy()  # .long() would wrap 2**64 - 1 to -1: check the range in numpy first
         if isinstance(ids, np.ndarray):
-            ids = torch.from_numpy(ids.astype(np.int64) if ids.dtype == np.uint16 else ids)
+            if ids.dtype.kind not in "iu":
+                raise TypeError(f"{what}: ids have dtype {ids.dtype}; expected an integer dtype")
+            if ids.ndim in (2, 3) and ids.size:
+                high = int(ids.max())  # a Python int: exact for uint64
+                if high >= self.vocab_size:
+                    raise ValueError(f"{what}: id {high} is outside the vocabulary [0, {self.vocab_size})")
+                ids = ids.astype(np.int64)
+            ids = torch.from_numpy(ids)
         if not isinstance(ids, torch.Tensor):
             raise TypeError(f"{what}: expected a tensor or numpy array of integer ids, got {type(ids).__name__}")
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
@@ -324,6 +354,7 @@ class ImageTokenizer(_ImageModel):
             sizes = self._split_sizes(size, len(ids))
             return [self.decode(item, s) for item, s in zip(ids, sizes)]
         ids = self._check_ids(ids, "decode")
+        size = self._checked_size(size, tuple(ids.shape[-2:]))
         single = ids.ndim == 2
         batch = ids[None] if single else ids  # (B, h, w)
         with self._inference_context():
@@ -372,6 +403,12 @@ class _LatentModel(_ImageModel):
                 f"decode: latents of shape {tuple(latents.shape)}; expected (C, h, w) or (B, C, h, w) "
                 f"with C = {self.latent_channels}"
             )
+        if latents.shape[-1] == 0 or latents.shape[-2] == 0 or latents.numel() == 0:
+            raise ValueError(f"decode: latents of shape {tuple(latents.shape)} are empty; expected h, w >= 1")
+        if not torch.isfinite(latents).all():  # a NaN spreads through every conv: an all-NaN image
+            bad = int((~torch.isfinite(latents)).sum())
+            raise ValueError(f"decode: latents contain {bad} NaN or infinite value(s); expected finite numbers")
+        size = self._checked_size(size, tuple(latents.shape[-2:]))
         single = latents.ndim == 3
         z = latents[None] if single else latents  # (B, C, h, w)
         scale, shift = self._scale_shift
@@ -442,3 +479,9 @@ def load_any(name_or_path: str | Path | None = None, device: str | torch.device 
     checkpoint = load_checkpoint(name_or_path, HubOptions(**hub_options), None if name_or_path else "vq")
     cls = API_CLASSES[checkpoint.config.model_type]
     return cls._from_checkpoint(checkpoint, name_or_path, device, dtype)
+
+def _is_int(value: Any) -> bool:
+    """An integer of any kind (Python, numpy, 0-d tensor), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) or (
+        isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point()
+        and value.dtype != torch.bool)

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 MODEL_HELP = "model folder or Hub repo id (default: the bundled default model)"
 
@@ -44,8 +43,14 @@ def cmd_decode(args) -> int:
         ids = np.load(args.ids, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise SystemExit(f"imgtok decode: {args.ids}: not a readable .npy array of ids ({err})")
+    if ids.ndim != 2:
+        raise ValueError(f"{args.ids}: ids of shape {ids.shape}; imgtok decode takes one (h, w) grid "
+                         "(decode a batch with ImageTokenizer.decode)")
     size = tuple(args.size) if args.size else None
-    image = tok.decode(torch.from_numpy(ids.astype(np.int64)), size=size)
+    try:  # the API checks dtype (float ids are refused, never cast), range and size
+        image = tok.decode(ids, size=size)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{args.ids}: {err}") from None
     save_image(image, args.output)
     print(f"{args.ids}: grid {ids.shape[0]}x{ids.shape[1]} -> image {image.shape[2]}x{image.shape[1]} -> {args.output}")
     return 0

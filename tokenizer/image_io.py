@@ -128,6 +128,7 @@ def _array_to_tensor(array: np.ndarray, source: Any) -> torch.Tensor:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
         raise ImageError(f"{_describe(source)}: expected an (H, W) or (H, W, C) array with C in 1, 3, 4")
+    _check_not_empty(array.shape[0], array.shape[1], None, source)
     if array.dtype == np.uint8:
         data = array.astype(np.float32) / 255.0
     elif array.dtype == np.uint16:
@@ -138,6 +139,14 @@ def _array_to_tensor(array: np.ndarray, source: Any) -> torch.Tensor:
     else:
         raise ImageError(f"{_describe(source)}: unsupported dtype {array.dtype}; expected uint8, uint16 or float")
     return _channels_to_rgb(torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1))), source)
+
+
+def _check_not_empty(height: int, width: int, batch: int | None, source: Any) -> None:
+    """A 0-pixel image (or a batch of none) has no tokens: say so before any reduction or conv sees it."""
+    if height == 0 or width == 0:
+        raise ImageError(f"{_describe(source)}: image of {height} x {width} pixels; expected at least 1 x 1")
+    if batch == 0:
+        raise ImageError(f"{_describe(source)}: a batch of 0 images; expected at least one")
 
 
 def _check_unit_range(t: torch.Tensor, source: Any) -> None:
@@ -174,6 +183,7 @@ def _tensor_to_float(t: torch.Tensor, source: Any) -> torch.Tensor:
             f"{_describe(source)}: channel axis (dim {t.ndim - 3}) has {t.shape[-3]} entries; "
             "expected channels-first with 1, 3 or 4 channels"
         )
+    _check_not_empty(t.shape[-2], t.shape[-1], t.shape[0] if t.ndim == 4 else None, source)
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
     elif t.dtype == torch.uint16:
