@@ -480,6 +480,7 @@ def load_any(name_or_path: str | Path | None = None, device: str | torch.device 
     cls = API_CLASSES[checkpoint.config.model_type]
     return cls._from_checkpoint(checkpoint, name_or_path, device, dtype)
 
+
 def _is_int(value: Any) -> bool:
     """An integer of any kind (Python, numpy, 0-d tensor), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) or (
