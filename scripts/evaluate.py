@@ -4,7 +4,8 @@
 
 MODEL is a model folder, a Hub repo id, ``bundled`` (the bundled tokenizer) or ``bundled-kl`` (the bundled
 VAE). For every image: PSNR (RGB, 8-bit), SSIM, MS-SSIM (``tokenizer.metrics``) and a perceptual distance
-(``tokenizer.perceptual``: LPIPS, or shift-tolerant LPIPS offline, its name recorded) of
+(``tokenizer.perceptual``: LPIPS, or shift-tolerant LPIPS offline, its name recorded) and the mean CIEDE2000
+colour difference ``delta_e00`` (``tokenizer.colour``: hue and saturation drift that PSNR hardly sees) of
 
 - the model's reconstruction; rate: tokenizers tokens x log2(vocab) / pixels; a VAE's latents are
   quantised to ``--latent-bits`` (default 8) per value, uniformly between each channel's min and max in
@@ -43,6 +44,7 @@ from einops import rearrange
 from PIL import Image, ImageDraw
 
 from tokenizer.api import ImageTokenizer, ImageVAE, load_any
+from tokenizer.colour import colour_difference, is_grayscale, to_gray
 from tokenizer.config import ConfigError
 from tokenizer.image_io import ImageError, read_image, to_pil
 from tokenizer.metrics import CodebookHistogram, psnr, structural_similarity
@@ -230,13 +232,15 @@ class ModelResult:
 
 def run_model(model, image: torch.Tensor, latent_bits: int) -> ModelResult:
     height, width = image.shape[-2:]
+    # A gray image comes back gray, as from ``reconstruct`` (the ids or latents are the same either way).
+    gray = to_gray if is_grayscale(image) else (lambda x: x)
     if isinstance(model, ImageTokenizer):
         ids = model.encode(image)  # (h, w)
-        recon = model.decode(ids, size=(height, width))
+        recon = gray(model.decode(ids, size=(height, width)))
         return ModelResult(recon.cpu(), model.bits_per_pixel(height, width), ids.cpu())
     z = model.encode(image)  # (C, h, w)
     zq, bits = quantize_latents(z, latent_bits)
-    recon = model.decode(zq, size=(height, width))
+    recon = gray(model.decode(zq, size=(height, width)))
     return ModelResult(recon.cpu(), bits / (height * width))
 
 
@@ -289,7 +293,9 @@ class Scorer:
     def __call__(self, recon: torch.Tensor, with_perceptual: bool = True) -> dict:
         structural = structural_similarity(self.original, recon)
         row = {"psnr": float(psnr(self.original, recon)), "ssim": float(structural.ssim),
-               "ms_ssim": float(structural.ms_ssim)}
+               "ms_ssim": float(structural.ms_ssim),
+               # Hue and saturation drift that PSNR hardly sees (tokenizer/colour.py; ~1 = just noticeable).
+               "delta_e00": float(colour_difference(self.original, quantize8(recon)))}
         if self.perceptual is not None and with_perceptual:
             with torch.no_grad():
                 if self._features is None:
@@ -520,7 +526,7 @@ def evaluate(args: argparse.Namespace, log: Callable[[str], None] = print) -> di
                 for q, vals in sorted(acc.items())]
         for codec, acc in curve_acc.items() if acc
     }
-    metric_keys = ["psnr", "ssim", "ms_ssim"] + ([perceptual_key] if perceptual_key else [])
+    metric_keys = ["psnr", "ssim", "ms_ssim"] + ([perceptual_key] if perceptual_key else []) + ["delta_e00"]
     over = {c: sum(not r[c]["within_budget"] for r in rows) for c in ("jpeg", "webp")}
     pca_components = sorted({r["pca"]["components"] for r in rows})
     notes = {

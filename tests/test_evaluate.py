@@ -75,7 +75,8 @@ def test_evaluate_runs_end_to_end_on_a_tiny_tokenizer(saved_tiny_tokenizer, tmp_
     assert result["num_images"] == 3 and [f["image"] for f in result["failures"]] == ["d_corrupt.png"]
     assert set(result["means"]) == {"tokenizer", "jpeg", "webp", "bicubic_x2", "pca"}
     for method, means in result["means"].items():
-        assert {"bpp", "psnr", "ssim", "ms_ssim"} <= set(means), method
+        assert {"bpp", "psnr", "ssim", "ms_ssim", "delta_e00"} <= set(means), method
+        assert means["delta_e00"] >= 0
     for row in result["images"]:
         h, w = row["height"], row["width"]
         assert row["tokenizer"]["bpp"] == pytest.approx(math.ceil(h / 2) * math.ceil(w / 2) * 6 / (h * w))

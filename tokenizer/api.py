@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints import build, save_folder
+from .colour import is_grayscale, to_gray
 from .config import AutoencoderConfig, ConfigError, KLConfig
 from .fast import InferenceOptions, autocast_context
 from .fast import configure as configure_inference
@@ -270,12 +271,20 @@ class _ImageModel(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, image: Any):
-        """Encode and decode; the output has the input's size and form, float in [0, 1]."""
+        """Encode and decode; the output has the input's size and form, float in [0, 1].
+
+        A grayscale input (equal channels) comes back gray: the decoder may tint it (it only ever saw
+        colour photos), and a gray picture with a colour cast is wrong however small the cast.
+        """
         images, form = as_image_list(image)
         if form == "batch":  # one size for all: encode and decode in batches
-            return self.decode(self.encode(torch.stack(images)), size=tuple(images[0].shape[-2:]))
-        codes = self.encode(images)  # grouped by size inside
-        outs = [self.decode(code, size=tuple(img.shape[-2:])) for code, img in zip(codes, images)]
+            outs = list(self.decode(self.encode(torch.stack(images)), size=tuple(images[0].shape[-2:])))
+        else:
+            codes = self.encode(images)  # grouped by size inside
+            outs = [self.decode(code, size=tuple(img.shape[-2:])) for code, img in zip(codes, images)]
+        outs = [to_gray(out) if is_grayscale(img) else out for out, img in zip(outs, images)]
+        if form == "batch":
+            return torch.stack(outs)
         return outs[0] if form == "single" else outs
 
 
