@@ -72,6 +72,13 @@ def _apply_flags(cfg: TrainConfig, args: argparse.Namespace, resume: bool) -> Tr
     return cfg
 
 
+def config_from_argv(argv: list[str]) -> TrainConfig:
+    """The configuration a fresh (not resumed) ``python -m train ARGV`` run trains with; for benchmarks
+    that drive ``Trainer`` themselves (scripts/bench_recipe.py)."""
+    args = parse_args(argv)
+    return _apply_flags(TrainConfig.load(args.config) if args.config else TrainConfig(), args, resume=False)
+
+
 def _log(message: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"[train] {message}", flush=True)
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             for key, (old, new) in check_resume(run_config, cfg, saved_from).items():
                 _log(f"--resume: {key} {old!r} -> {new!r}")
         else:
-            cfg = _apply_flags(TrainConfig.load(args.config) if args.config else TrainConfig(), args, resume=False)
+            cfg = config_from_argv(argv if argv is not None else sys.argv[1:])
         if not cfg.data:
             raise ConfigError("no training data: pass --data DIR")
         source = read_init_source(cfg.init_from, cfg.allow_pickle) if cfg.init_from else None

@@ -1,0 +1,170 @@
+"""Quality per CPU-minute: train several recipes for the same minutes, interleaved, and evaluate them.
+
+    python scripts/bench_recipe.py --data photos/train --val-data photos/val --minutes 30 --points 10 20 30 \\
+        --recipe "base=--preset vq-f8-cpu --set crop_size=128 --set lr=1e-3" \\
+        --recipe "lr5e-4=--preset vq-f8-cpu --set crop_size=128 --set lr=5e-4" --out recipes.jsonl
+
+Each ``--recipe NAME=ARGS`` is a ``python -m train`` command line (preset, ``--set`` overrides,
+``--init-from``...); ``--data`` and ``--val-data`` are shared. The recipes train in turns of
+``--slice-seconds`` of wall time each (round robin), so a slow spell of a noisy machine costs every recipe
+alike; only training time counts, never evaluation. When a recipe's training time reaches one of
+``--points`` (minutes), its EMA weights are evaluated on the held-out photos at full resolution: PSNR,
+shift-tolerant LPIPS (alex, if the ``perceptual`` extra is installed), mean CIEDE2000 colour difference,
+and for tokenizers code usage and perplexity over the held-out ids. One JSON line per point is appended to
+``--out``; a table is printed at the end. Compare recipes only within one invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tokenizer.api import ImageAE, ImageTokenizer, ImageVAE
+from tokenizer.colour import colour_difference
+from train.data import list_images
+from tokenizer.image_io import read_image
+from tokenizer.metrics import CodebookHistogram, psnr
+from train.__main__ import config_from_argv
+from train.loop import Trainer
+
+API_CLASSES = {cls.model_type: cls for cls in (ImageTokenizer, ImageVAE, ImageAE)}
+
+
+@dataclass
+class Contender:
+    name: str
+    trainer: Trainer
+    step: int = 0
+    seconds: float = 0.0  # training wall time so far
+    points: list[float] = field(default_factory=list)  # minutes still to evaluate at
+
+
+def parse_recipe(spec: str) -> tuple[str, list[str]]:
+    name, sep, args = spec.partition("=")
+    if not sep or not name.strip():
+        raise SystemExit(f"--recipe {spec!r}: expected NAME=ARGS, e.g. 'base=--preset vq-f8-cpu'")
+    return name.strip(), shlex.split(args)
+
+
+def load_held_out(sources: list[str], limit: int) -> list[tuple[str, torch.Tensor]]:
+    paths = list_images(sources)[:limit] if limit > 0 else list_images(sources)
+    if not paths:
+        raise SystemExit(f"--val-data {sources}: no images")
+    return [(Path(str(p)).name, read_image(p)) for p in paths]
+
+
+@torch.no_grad()
+def evaluate(trainer: Trainer, images: list[tuple[str, torch.Tensor]], perceptual) -> dict[str, float]:
+    """The EMA weights on the held-out photos, through the public API as a user would run them."""
+    model = copy.deepcopy(trainer.ema).float().eval()
+    api = API_CLASSES.get(model.config.model_type, ImageTokenizer)(model)
+    psnrs, lpips, colour = [], [], []
+    hist = CodebookHistogram(model.vocab_size) if hasattr(model, "vocab_size") else None
+    for _, image in images:
+        if hist is not None:
+            ids = api.encode(image)
+            hist.update(ids)
+            recon = api.decode(ids, size=tuple(image.shape[-2:]))
+        else:
+            recon = api.reconstruct(image)
+        recon = (recon * 255).round() / 255  # the 8-bit image a user saves
+        psnrs.append(float(psnr(image, recon)))
+        colour.append(float(colour_difference(image, recon)))
+        if perceptual is not None:
+            lpips.append(float(perceptual(recon[None] * 2 - 1, image[None] * 2 - 1)[0]))
+    row = {"psnr": sum(psnrs) / len(psnrs), "delta_e00": sum(colour) / len(colour)}
+    if lpips:
+        row["stlpips"] = sum(lpips) / len(lpips)
+    if hist is not None:
+        stats = hist.stats()
+        row.update(usage=stats.usage, perplexity=stats.perplexity)
+    return row
+
+
+def train_for(contender: Contender, seconds: float) -> None:
+    """Train ``contender`` for about ``seconds`` of wall time (whole steps)."""
+    trainer, cfg = contender.trainer, contender.trainer.cfg
+    trainer.model.train()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end and contender.step < cfg.steps:
+        started = time.perf_counter()
+        batch = torch.stack([trainer.dataset[(contender.step, slot)] for slot in range(cfg.batch_size)])
+        trainer.train_step(contender.step, batch)
+        contender.step += 1
+        contender.seconds += time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", action="append", required=True, metavar="NAME=ARGS",
+                   help="a name and a `python -m train` command line (repeatable)")
+    p.add_argument("--data", action="append", required=True, help="training images (folder, list or glob)")
+    p.add_argument("--val-data", action="append", required=True, help="held-out images, evaluated at full size")
+    p.add_argument("--val-limit", type=int, default=0, help="evaluate on the first N held-out images only")
+    p.add_argument("--minutes", type=float, required=True, help="training minutes per recipe")
+    p.add_argument("--points", type=float, nargs="*", default=None,
+                   help="minutes at which to evaluate (default: every quarter of --minutes)")
+    p.add_argument("--slice-seconds", type=float, default=60.0, help="round-robin turn length")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same for every recipe")
+    p.add_argument("--perceptual", default="stlpips-alex", help="perceptual metric spec, or 'none'")
+    p.add_argument("--out", required=True, help="JSON lines file to append the points to")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    points = sorted(args.points) if args.points else [args.minutes * q / 4 for q in (1, 2, 3, 4)]
+    images = load_held_out(args.val_data, args.val_limit)
+    perceptual = None
+    if args.perceptual != "none":
+        from tokenizer.perceptual import PerceptualUnavailable, load_perceptual
+
+        try:
+            perceptual = load_perceptual(args.perceptual).eval()
+        except PerceptualUnavailable as err:
+            print(f"perceptual metric skipped: {err}", file=sys.stderr)
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench_recipe_"))
+    contenders = []
+    for spec in args.recipe:
+        name, train_argv = parse_recipe(spec)
+        train_argv += [a for d in args.data for a in ("--data", d)] + ["--out", str(workdir / name)]
+        cfg = config_from_argv(train_argv)
+        cfg.threads, cfg.val_data, cfg.max_minutes = args.threads, [], 0.0
+        contenders.append(Contender(name, Trainer(cfg), points=list(points)))
+    out = Path(args.out)
+    table: dict[float, dict[str, dict]] = {}
+    while any(c.points for c in contenders):
+        for c in contenders:
+            if not c.points:
+                continue
+            train_for(c, min(args.slice_seconds, c.points[0] * 60 - c.seconds))
+            if c.seconds >= c.points[0] * 60 - 1e-6 or c.step >= c.trainer.cfg.steps:
+                minute = c.points.pop(0)
+                row = {"recipe": c.name, "minutes": minute, "train_seconds": round(c.seconds, 1), "step": c.step,
+                       "images": c.step * c.trainer.cfg.batch_size, "threads": args.threads,
+                       **evaluate(c.trainer, images, perceptual)}
+                with out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                table.setdefault(minute, {})[c.name] = row
+                print(json.dumps(row), flush=True)
+    keys = [k for k in ("psnr", "stlpips", "delta_e00", "usage", "perplexity") if any(
+        k in r for rows in table.values() for r in rows.values())]
+    print("\n| minutes | recipe | steps | " + " | ".join(keys) + " |")
+    print("|" + " --- |" * (3 + len(keys)))
+    for minute, rows in sorted(table.items()):
+        for name, r in rows.items():
+            cells = [f"{r[k]:.4g}" if k in r else "-" for k in keys]
+            print(f"| {minute:g} | {name} | {r['step']} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

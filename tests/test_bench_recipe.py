@@ -1,0 +1,41 @@
+"""scripts/bench_recipe.py: recipes trained for equal minutes, evaluated at every point, one JSON line each."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+import bench_recipe  # noqa: E402
+
+
+def _images(folder: Path, count: int, seed: int) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        image = np.kron(rng.random((5, 6, 3)), np.ones((8, 8, 1)))  # (40, 48, 3)
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_two_recipes_get_every_point_evaluated(tmp_path, capsys):
+    train, val = _images(tmp_path / "train", 4, 0), _images(tmp_path / "val", 2, 1)
+    out = tmp_path / "points.jsonl"
+    smoke = "--smoke --set amp=none --set steps=100000"
+    code = bench_recipe.main([
+        "--recipe", f"vq=--preset vq-f8 {smoke}", "--recipe", f"kl=--preset kl-f8 {smoke} --set lr=3e-4",
+        "--data", str(train), "--val-data", str(val), "--minutes", "0.02", "--points", "0.01", "0.02",
+        "--slice-seconds", "0.3", "--perceptual", "none", "--out", str(out),
+    ])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["recipe"], r["minutes"]) for r in rows) == [("kl", 0.01), ("kl", 0.02), ("vq", 0.01), ("vq", 0.02)]
+    for r in rows:
+        assert r["train_seconds"] >= r["minutes"] * 60 - 1e-6 and r["step"] >= 1
+        assert 0 < r["psnr"] < 100 and r["delta_e00"] >= 0
+        assert ("usage" in r) == (r["recipe"] == "vq")
+    assert "| minutes | recipe |" in capsys.readouterr().out
