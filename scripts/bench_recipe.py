@@ -66,7 +66,13 @@ def load_held_out(sources: list[str], limit: int) -> list[tuple[str, torch.Tenso
 def evaluate(trainer: Trainer, images: list[tuple[str, torch.Tensor]], perceptual) -> dict[str, float]:
     """The EMA weights on the held-out photos, through the public API as a user would run them."""
     model = copy.deepcopy(trainer.ema).float().eval()
-    api = API_CLASSES.get(model.config.model_type, ImageTokenizer)(model)
+    return evaluate_model(API_CLASSES.get(model.config.model_type, ImageTokenizer)(model), images, perceptual)
+
+
+@torch.no_grad()
+def evaluate_model(api, images: list[tuple[str, torch.Tensor]], perceptual) -> dict[str, float]:
+    """Mean PSNR, CIEDE2000, ST-LPIPS (if ``perceptual``) and, for tokenizers, usage and perplexity."""
+    model = api.model
     psnrs, lpips, colour = [], [], []
     hist = CodebookHistogram(model.vocab_size) if hasattr(model, "vocab_size") else None
     for _, image in images:
