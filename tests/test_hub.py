@@ -173,7 +173,7 @@ def test_local_files_only_uses_the_cache(hub, tiny_tokenizer):
 
 
 def test_missing_repo_and_revision_are_clear_errors(hub, tiny_tokenizer):
-    with pytest.raises(HubError, match="alice/no-such-repo: no such local folder or Hub repo"):
+    with pytest.raises(HubError, match=r"alice/no-such-repo: no local folder of that name .*, and no Hub repo of that name"):
         ImageTokenizer.from_pretrained("alice/no-such-repo")
     tiny_tokenizer.push_to_hub("alice/vq-tiny")
     with pytest.raises(HubError, match="revision 'nope' not found"):
@@ -218,7 +218,7 @@ def test_corrupt_weights_are_a_clear_error(hub, tiny_tokenizer):
     with pytest.raises(WeightsError, match=r"Hub repo alice/vq-tiny: .*model\.safetensors: not a valid safetensors file: the header claims"):
         ImageTokenizer.from_pretrained("alice/vq-tiny")
     hub.put_files("alice/vq-tiny", {"model.safetensors": b"\x00" * 64})
-    with pytest.raises(WeightsError, match="corrupt or truncated"):
+    with pytest.raises(WeightsError, match=r"model\.safetensors: not a valid safetensors file: the 0-byte header is not valid JSON"):
         ImageTokenizer.from_pretrained("alice/vq-tiny")
 
 

@@ -71,8 +71,26 @@ def resolve(name_or_path: str | Path | None, options: HubOptions = HubOptions(),
     if path.exists():
         return path / options.subfolder if options.subfolder else path
     if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).endswith(WEIGHT_SUFFIXES):
-        raise FileNotFoundError(f"{name_or_path}: no such file or folder")  # a path, not a repo id
-    return _from_hub(str(name_or_path), options, allow_pickle)
+        raise FileNotFoundError(f"{name_or_path}: no such file or folder{_near_miss(path)}")  # a path, not a repo id
+    try:
+        return _from_hub(str(name_or_path), options, allow_pickle)
+    except hub.RepoNotFoundError as err:  # name both places looked: a mistyped folder name is the usual cause
+        raise hub.RepoNotFoundError(
+            str(name_or_path), f"no local folder of that name ({path.absolute()}){_near_miss(path)}, and {err.detail}"
+        ) from err
+
+
+def _near_miss(path: Path) -> str:
+    """" (did you mean 'x'?)" for an existing sibling whose name is close to ``path``'s, else ""."""
+    import difflib
+
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        names = [p.name for p in parent.iterdir()] if parent.is_dir() else []
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
+    return f" (did you mean {str(parent / close[0])!r}?)" if close else ""
 
 
 def _hub_patterns(prefix: str, fallback: bool, allow_pickle: bool) -> list[str]:
