@@ -1,0 +1,74 @@
+"""Quality against training minutes, across the consecutive runs of one model (each run --init-from the last).
+
+    python scripts/plot_training.py runs/vq2/log.jsonl [runs/vq3/log.jsonl ...] --out curve.png \\
+        [--before MINUTES:PSNR ...] [--label "held-out PSNR (dB)"]
+
+Each ``log.jsonl`` is a run's training log (``python -m train`` writes one line per logged step). Minutes
+are wall-clock training minutes rebuilt from the logged throughput (``images_per_s`` over each logging
+window); every run continues the previous one's minutes. ``--before`` adds points of runs whose logs are
+gone (e.g. taken from an earlier model card), drawn as such. Prints the points as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def curve(log: Path, start_minutes: float, key: str, batch: int) -> tuple[list[tuple[float, float, int]], float]:
+    """[(minutes, value, step)] of the rows that carry ``key``, and the run's last minute."""
+    minutes, previous_step, points = start_minutes, 0, []
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        step = int(row["step"])
+        if row.get("images_per_s"):
+            minutes += (step - previous_step) * batch / row["images_per_s"] / 60
+        previous_step = step
+        if key in row:
+            points.append((minutes, float(row[key]), step))
+    return points, minutes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("logs", nargs="+", type=Path, help="log.jsonl of each run, oldest first")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--key", default="val_psnr", help="logged value to plot (default val_psnr)")
+    p.add_argument("--before", nargs="*", default=[], metavar="MINUTES:VALUE", help="points of earlier runs")
+    p.add_argument("--label", default="held-out PSNR (dB)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per step (all ranks), to rebuild minutes")
+    p.add_argument("--title", default="Quality against CPU training minutes")
+    args = p.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    report = {}
+    before = [tuple(float(v) for v in item.split(":")) for item in args.before]
+    start = max((m for m, _ in before), default=0.0)
+    if before:
+        ax.plot([m for m, _ in before], [v for _, v in before], "o--", color="gray", label="earlier runs (card)")
+        report["before"] = before
+    for log in args.logs:
+        points, start = curve(log, start, args.key, args.batch_size)
+        if points:
+            ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=log.parent.name)
+        report[str(log)] = [{"minutes": round(m, 1), args.key: v, "step": s} for m, v, s in points]
+    ax.set_xlabel("training minutes (cumulative, one CPU thread)")
+    ax.set_ylabel(args.label)
+    ax.set_title(args.title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.out)
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

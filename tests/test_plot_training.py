@@ -1,0 +1,29 @@
+"""scripts/plot_training.py: minutes rebuilt from logged throughput, runs chained, a PNG written."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+import plot_training  # noqa: E402
+
+
+def test_two_runs_chain_their_minutes(tmp_path, capsys):
+    for name, psnrs in (("a", (20.0, 21.0)), ("b", (21.5, 22.0))):
+        (tmp_path / name).mkdir()
+        rows = [{"step": 10, "images_per_s": 2.0, "loss": 1}, {"step": 20, "images_per_s": 2.0, "val_psnr": psnrs[0]},
+                {"step": 30, "images_per_s": 4.0, "loss": 1}, {"step": 40, "images_per_s": 4.0, "val_psnr": psnrs[1]}]
+        (tmp_path / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "curve.png"
+    assert plot_training.main([str(tmp_path / "a" / "log.jsonl"), str(tmp_path / "b" / "log.jsonl"), "--out", str(out),
+                               "--batch-size", "12", "--before", "1:19"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    a, b = report[str(tmp_path / "a" / "log.jsonl")], report[str(tmp_path / "b" / "log.jsonl")]
+    # 10 steps x 12 images at 2 img/s = 1 minute; at 4 img/s half a minute. Run a starts after minute 1.
+    assert [p["minutes"] for p in a] == [3.0, 4.0] and [p["minutes"] for p in b] == [6.0, 7.0]
+    assert out.stat().st_size > 1000
