@@ -71,3 +71,20 @@ def test_unreachable_reason(monkeypatch):
     assert "gaierror" in unreachable_reason("https://no-such-host.invalid")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert unreachable_reason(CLOSED) is None  # behind a proxy the client decides
+
+
+@pytest.mark.parametrize("repo", ["", "a b/c", "no/such/thing", "x" * 200, "alice/../etc"])
+def test_push_to_invalid_repo_id_is_a_hub_error(hub, tiny_tokenizer, repo):  # noqa: F811
+    seen = len(hub.state.requests)
+    with pytest.raises(HubError, match="not a valid Hub repo id"):
+        tiny_tokenizer.push_to_hub(repo)
+    assert len(hub.state.requests) == seen
+
+
+def test_push_when_the_hub_is_down_fails_at_once_and_clearly(hub, tiny_tokenizer, monkeypatch):  # noqa: F811
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", CLOSED)
+    with pytest.raises(HubError, match=rf"alice/x: cannot push: the Hub \({CLOSED}\) cannot be reached "
+                                       r"\(ConnectionRefusedError"):
+        tiny_tokenizer.push_to_hub("alice/x")

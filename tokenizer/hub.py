@@ -204,6 +204,13 @@ def push_folder(
             raise FileNotFoundError(f"{folder}: no {name}; expected a model folder written by save_pretrained")
     if revision is not None and _COMMIT_SHA.fullmatch(revision):
         raise ValueError(f"revision {revision!r} is a commit sha; push_to_hub commits to a branch name")
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise HubError(f"{repo_id!r}: not a valid Hub repo id ('namespace/name'): {err}") from err
     if model_card is None and (folder / MODEL_CARD_NAME).is_file():
         model_card = (folder / MODEL_CARD_NAME).read_text(encoding="utf-8")
     operations = [
@@ -217,6 +224,9 @@ def push_folder(
         operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=source))
     # A fresh client reads HF_ENDPOINT's current value (the module-level one keeps the import-time value).
     api = HfApi(token=token)
+    unreachable = None if _offline(False) else unreachable_reason(api.endpoint)
+    if unreachable is not None:  # one short attempt instead of the client's retries per request
+        raise HubError(f"{repo_id}: cannot push: the Hub ({api.endpoint}) cannot be reached ({unreachable})")
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision not in (None, "main"):
