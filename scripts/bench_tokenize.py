@@ -31,17 +31,18 @@ from pathlib import Path
 import torch
 
 from tokenizer import ImageTokenizer
-from tokenizer.batch_tokenize import IMAGE_EXTENSIONS, TokenizeConfig, center_crop, tokenize_dataset
+from tokenizer.batch_tokenize import TokenizeConfig, tokenize_dataset
+from tokenizer.inputs import InputError, center_crop, list_images
 from tokenizer.image_io import read_image
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikipedia49"
 
 
 def photo_list(folder: Path) -> list[Path]:
-    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not photos:
-        raise SystemExit(f"--photos {folder}: no images")
-    return photos
+    try:
+        return [Path(p) for p in list_images(folder, "--photos")]
+    except InputError as err:
+        raise SystemExit(str(err))
 
 
 def repeat_photos(photos: list[Path], count: int, folder: Path) -> Path:
@@ -92,7 +93,7 @@ def raw_encode(tok: ImageTokenizer, crops: torch.Tensor, batch_size: int) -> Tim
     """The model alone on pre-decoded (N, 3, S, S) crops in [0, 1]."""
     wall, cpu = time.perf_counter(), _cpu_seconds()
     for s in range(0, crops.shape[0], batch_size):
-        tok.model.encode_ids(tok._to_model_input(crops[s : s + batch_size]))
+        tok.encode_pixels(crops[s : s + batch_size])
     return Timing(crops.shape[0], time.perf_counter() - wall, _cpu_seconds() - cpu)
 
 
@@ -105,7 +106,7 @@ def throughput(args: argparse.Namespace, work: Path) -> dict:
     tok = ImageTokenizer.from_preset("vq-f8")
     raw_encode(tok, torch.rand(2, 3, args.size, args.size), 2)  # warm-up: kernels picked, memory allocated
     decode_start = time.perf_counter()
-    crops = torch.stack([center_crop(read_image(p), args.size) for p in sorted(folder.iterdir())])  # (N, 3, S, S)
+    crops = torch.stack([center_crop(read_image(p), args.size) for p in list_images(folder)])  # (N, 3, S, S)
     decode_seconds = time.perf_counter() - decode_start
     before = raw_encode(tok, crops, args.batch_size)
     config = TokenizeConfig(input=str(folder), output=str(work / "throughput_out"), model="vq-f8 (random)",

@@ -342,11 +342,9 @@ def bench_autoencoders(report: Report, reps: int, quick: bool) -> None:
 # --- 4. fast path ---------------------------------------------------------------------------------
 def load_photos(folder: Path, count: int) -> list[torch.Tensor]:
     from tokenizer.image_io import read_image
+    from tokenizer.inputs import list_images
 
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:count]
-    if not files:
-        raise FileNotFoundError(f"--photos {folder}: no .png/.jpg files")
-    return [read_image(p) for p in files]
+    return [read_image(p) for p in list_images(folder, "--photos", limit=count)]
 
 
 def load_tokenizer(spec: str | None) -> tuple[ImageTokenizer, str]:

@@ -43,14 +43,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image, ImageDraw
 
+from tokenizer import inputs
 from tokenizer.api import ImageTokenizer, ImageVAE, load_any
+from tokenizer.checkpoints import WeightsError
 from tokenizer.colour import colour_difference, is_grayscale, to_gray
 from tokenizer.config import ConfigError
 from tokenizer.image_io import ImageError, read_image, to_pil
 from tokenizer.metrics import CodebookHistogram, psnr, structural_similarity
-from tokenizer.checkpoints import WeightsError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
 # Quality ranges searched at the budget and sampled for the rate-distortion curves.
 JPEG_QUALITIES = (1, 95)
 WEBP_QUALITIES = (0, 100)
@@ -66,24 +66,14 @@ GRID_TILE_HEIGHT = 256
 def list_images(folder: Path, limit: int | None = None) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"--data {folder}: not a directory")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"--data {folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return files[:limit] if limit else files
+    return [Path(p) for p in inputs.list_images(folder, "--data", limit)]
 
 
 def load_eval_image(path: Path, size: int | None) -> torch.Tensor:
-    """(3, H, W) in [0, 1] on the 8-bit grid (what every codec sees); with ``size``: short side resized
-    to S (bicubic, antialiased) and centre-cropped to S x S."""
+    """(3, H, W) in [0, 1] on the 8-bit grid (what every codec sees); with ``size``: the short side resized
+    to S and the centre S x S (``tokenizer.inputs.center_crop``)."""
     image = read_image(path)
-    if size is not None:
-        height, width = image.shape[-2:]
-        scale = size / min(height, width)
-        new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-        image = F.interpolate(image[None], size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)[0]
-        top, left = (new_h - size) // 2, (new_w - size) // 2
-        image = image[:, top : top + size, left : left + size]
-    return quantize8(image)
+    return quantize8(inputs.center_crop(image, size) if size is not None else image)
 
 
 def quantize8(image: torch.Tensor) -> torch.Tensor:

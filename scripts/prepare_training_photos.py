@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from tokenizer.image_io import ImageError, read_image
+from tokenizer.inputs import list_images, shrink_short_side
 
 PLASMA_PHOTOS = ["BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
                  "Kite", "OneStandsOut", "Path", "summer_1am"]
@@ -80,16 +80,6 @@ def wheel_photos() -> list[tuple[str, np.ndarray, str]]:
     return out
 
 
-def downscale(image: torch.Tensor, max_short: int) -> torch.Tensor:
-    """(3, H, W) in [0, 1] -> short side at most max_short (antialiased bicubic)."""
-    _, h, w = image.shape
-    scale = max_short / min(h, w)
-    if scale >= 1:
-        return image
-    size = (round(h * scale), round(w * scale))
-    return F.interpolate(image[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
-
-
 def save_png(image: torch.Tensor, path: Path) -> None:
     array = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
     Image.fromarray(array).save(path)
@@ -108,14 +98,14 @@ def main() -> int:
     records = []
 
     def add(name: str, image: torch.Tensor, origin: str, licence: str, folder: Path) -> None:
-        image = downscale(image, args.max_short_side)
+        image = shrink_short_side(image, args.max_short_side)
         target = folder / f"{name}.png"
         save_png(image, target)
         records.append({"file": str(target.relative_to(args.out)), "origin": origin, "licence": licence,
                         "size": [image.shape[2], image.shape[1]]})
 
     if args.wikipedia49:
-        photos = sorted(args.wikipedia49.glob("*.png"))
+        photos = [Path(p) for p in list_images(args.wikipedia49, "--wikipedia49")]
         for i, path in enumerate(photos):
             folder = val_dir if i >= len(photos) - args.holdout else train_dir
             add(f"wikipedia49_{path.stem}", read_image(path), str(path), "CC BY-SA (Wikipedia)", folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import json
 import tarfile
 from datetime import timedelta
@@ -15,12 +16,12 @@ from helpers_images import write_exif_rotated_jpeg, write_garbage, write_image, 
 from safetensors.numpy import load_file
 
 from tokenizer import ImageTokenizer
-from tokenizer.batch_tokenize import (
-    Preprocess, TokenizeConfig, TokenizeError, ids_dtype, merge_shards, resolve_input, tokenize_dataset,
-)
+from tokenizer.batch_tokenize import TokenizeConfig, TokenizeError, tokenize_dataset
+from tokenizer.inputs import PREPROCESSING_VERSION, Preprocess, center_crop, resolve_input
+from tokenizer.shards import ids_dtype, merge_shards
 from tokenizer.data import TokenShardDataset
 from tokenizer.image_io import read_image
-from tokenizer.pretrained import sha256_of
+from tokenizer.checkpoints import sha256_of
 
 SIZE = 16  # centre-crop side: an 8 x 8 grid with vq-tiny (f = 2)
 BATCH = 3
@@ -134,7 +135,7 @@ def test_native_max_side_shrinks_large_images_only(env):
     result = _run(env, "native_max", native=True, max_side=24, batch_size=2)
     ds = TokenShardDataset(result.output)
     assert ds.preprocessing == {"policy": "native", "multiple_of": 2, "max_side": 24, "resample": "bicubic",
-                                "pad": "replicate"}
+                                "pad": "replicate", "version": PREPROCESSING_VERSION}
     for i in range(len(ds)):
         h, w = ds.grid_shape(i)
         height, width = ds[i].height, ds[i].width  # the original size is still recorded
@@ -169,21 +170,21 @@ def test_stop_after_n_shards_then_resume_gives_identical_output(env):
 
 def test_crash_between_a_shards_files_then_resume_gives_identical_output(env, monkeypatch):
     """Die after shard 1's ids and errors are renamed into place but before its index commits it."""
-    import tokenizer.batch_tokenize as bt
+    import tokenizer.shards as bt
 
-    real = bt._write_atomic
+    real = bt.write_atomic
 
     def crashing(path: Path, data: bytes) -> None:
         if path.name == "shard-000001.index.jsonl":
             raise KeyboardInterrupt("simulated kill")
         real(path, data)
 
-    monkeypatch.setattr(bt, "_write_atomic", crashing)
+    monkeypatch.setattr(bt, "write_atomic", crashing)
     with pytest.raises(KeyboardInterrupt):
         _run(env, "crashed")
     out = env["base"] / "crashed"
     assert (out / "shard-000001.safetensors").exists() and not (out / "shard-000001.index.jsonl").exists()
-    monkeypatch.setattr(bt, "_write_atomic", real)
+    monkeypatch.setattr(bt, "write_atomic", real)
     resumed = _run(env, "crashed")
     assert resumed.shards_skipped == 1 and resumed.shards_written == resumed.num_shards - 1
     assert _files(out) == _files(env["reference"])
@@ -252,6 +253,29 @@ def test_resume_with_other_settings_is_refused(env):
         _run(env, "reference", size=SIZE * 2)
     with pytest.raises(TokenizeError, match="encode"):
         _run(env, "reference", batch_size=BATCH + 1)
+    # Shards of an older preprocessing (the crop-then-resize centre crop: no version recorded) are never
+    # mixed with new ones.
+    old_folder = env["base"] / "old-preprocessing"
+    shutil.copytree(env["reference"], old_folder)
+    meta = json.loads((old_folder / "metadata.json").read_text())
+    del meta["preprocessing"]["version"]
+    (old_folder / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    with pytest.raises(TokenizeError, match="other settings.*preprocessing"):
+        _run(env, "old-preprocessing")
+
+
+def test_center_crop_resizes_the_short_side_then_crops_like_torchvision():
+    torchvision = pytest.importorskip("torchvision")
+    from torchvision.transforms import v2
+
+    for shape in ((37, 52), (53, 37), (40, 63), (16, 30), (9, 12)):  # truncated long sides, odd margins, upscaling
+        image = torch.rand(3, *shape, generator=torch.Generator().manual_seed(0))
+        ours = center_crop(image, 16)
+        theirs = v2.CenterCrop(16)(v2.Resize(16, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)(image))
+        assert ours.shape == (3, 16, 16)
+        # torchvision does not clamp bicubic's overshoot; we do.
+        torch.testing.assert_close(ours, theirs.clamp(0, 1), atol=1e-5, rtol=0, msg=str(shape))
+        assert Preprocess("center_crop", 16, 2)(image).equal(ours)
 
 
 def test_large_vocabulary_is_stored_as_int32(env, tmp_path):

@@ -1,4 +1,4 @@
-"""Reading token shards written by ``imgtok tokenize`` (``tokenizer.batch_tokenize``), for training on tokens.
+"""Token shards written by ``imgtok tokenize`` as training data (the format itself: ``tokenizer.shards``).
 
 Two views of one output folder:
 
@@ -24,7 +24,6 @@ Axis letters: B batch, h/w grid.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .batch_tokenize import (
-    ERRORS_NAME, FORMAT_NAME, IDS_TENSOR, INDEX_NAME, METADATA_NAME, shard_complete, shard_name,
-)
+from .shards import IDS_TENSOR, open_ids, read_errors, read_index, read_metadata
 
 # Index fields stored as columns; anything else in a row (tar side files "json", "txt") goes to meta.
 _COLUMNS = ("shard", "offset", "h", "w", "height", "width", "input_index")
@@ -106,16 +103,6 @@ class TokenShard:
     rows: range
 
 
-def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except ValueError as err:
-                    raise ValueError(f"{path}:{number}: not a JSON index row ({err})") from err
-
-
 class TokenShardDataset(Dataset):
     """A tokenized output folder as a map-style Dataset: ``ds[i]`` or ``ds[key]`` -> ``TokenItem``.
 
@@ -126,15 +113,9 @@ class TokenShardDataset(Dataset):
 
     def __init__(self, root: str | os.PathLike, allow_partial: bool = False):
         self.root = Path(root)
-        meta_path = self.root / METADATA_NAME
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{self.root}: no {METADATA_NAME}; expected a folder written by imgtok tokenize")
-        self.metadata: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
-        if self.metadata.get("format") != FORMAT_NAME:
-            raise ValueError(f"{meta_path}: format {self.metadata.get('format')!r}; expected {FORMAT_NAME!r}")
+        self.metadata: dict[str, Any] = read_metadata(self.root)
         self.num_shards = int(self.metadata["num_shards"])
-        self.missing_shards: list[int] = []
-        rows = self._load_index(allow_partial)
+        rows, self.missing_shards = read_index(self.root, self.num_shards, allow_partial)
         self.keys: list[str] = [row["key"] for row in rows]
         self.sources: list[str] = [row["source"] for row in rows]
         columns = {name: np.array([row[name] for row in rows], dtype=np.int64) for name in _COLUMNS}
@@ -150,24 +131,6 @@ class TokenShardDataset(Dataset):
         self._duplicates: set[str] = set()
         self._handles: dict[int, Any] = {}
 
-    # --- the index --------------------------------------------------------------------------------
-    def _load_index(self, allow_partial: bool) -> list[dict[str, Any]]:
-        merged = self.root / INDEX_NAME
-        if merged.is_file():
-            return list(_read_rows(merged))
-        # Not merged yet (ranks still running, or no one ran --merge-only): read the shards' own indexes.
-        self.missing_shards = [k for k in range(self.num_shards) if not shard_complete(self.root, k)]
-        if self.missing_shards and not allow_partial:
-            raise FileNotFoundError(
-                f"{self.root}: {len(self.missing_shards)} of {self.num_shards} shards are missing "
-                f"(first {self.missing_shards[:5]}); finish the run, or pass allow_partial=True"
-            )
-        rows: list[dict[str, Any]] = []
-        for k in range(self.num_shards):
-            if k not in self.missing_shards:
-                rows += _read_rows(self.root / f"{shard_name(k)}.index.jsonl")
-        return rows
-
     @property
     def vocab_size(self) -> int:
         return int(self.metadata["vocab_size"])
@@ -178,15 +141,7 @@ class TokenShardDataset(Dataset):
 
     def errors(self) -> list[dict[str, Any]]:
         """The inputs that failed to tokenize (key, source, reason), from the merged or per-shard files."""
-        merged = self.root / ERRORS_NAME
-        if merged.is_file():
-            return list(_read_rows(merged))
-        out: list[dict[str, Any]] = []
-        for k in range(self.num_shards):
-            path = self.root / f"{shard_name(k)}.errors.jsonl"
-            if path.is_file():
-                out += _read_rows(path)
-        return out
+        return read_errors(self.root, self.num_shards)
 
     def grid_shape(self, index: int) -> tuple[int, int]:
         """(h, w) of row ``index`` without reading its ids."""
@@ -217,11 +172,7 @@ class TokenShardDataset(Dataset):
     def _open(self, shard: int):
         handle = self._handles.get(shard)
         if handle is None:
-            from safetensors import safe_open
-
-            path = self.root / f"{shard_name(shard)}.safetensors"
-            handle = safe_open(str(path), framework="numpy")  # memory-mapped: slices read only their bytes
-            self._handles[shard] = handle
+            handle = self._handles[shard] = open_ids(self.root, shard)  # memory-mapped: slices read their bytes
         return handle
 
     def __getstate__(self) -> dict[str, Any]:

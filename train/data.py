@@ -1,4 +1,4 @@
-"""Training images: recursive folders, globs or list files -> random rescaled crops with flips.
+"""Training images: recursive folders, globs or list files (``tokenizer.inputs``) -> random rescaled crops with flips.
 
 Every crop is a pure function of (seed, rank, step, slot): a resumed run draws exactly the crops the
 uninterrupted run would have drawn, with any number of loader workers.
@@ -6,45 +6,16 @@ uninterrupted run would have drawn, with any number of loader workers.
 
 from __future__ import annotations
 
-import glob
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from tokenizer.image_io import ImageError, read_image
+from tokenizer.inputs import center_crop, list_images  # finding images and the eval crop: one home
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-def list_images(sources: list[str]) -> list[str]:
-    """Sorted image paths from folders (recursive), glob patterns, or text files with one path per line."""
-    paths: list[str] = []
-    for source in sources:
-        p = Path(source)
-        if p.is_dir():
-            paths += [str(q) for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()]
-        elif p.is_file() and p.suffix.lower() in (".txt", ".lst", ".list"):
-            base = p.parent
-            for line in p.read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    q = Path(line)
-                    paths.append(str(q if q.is_absolute() else base / q))
-        elif p.is_file():
-            paths.append(str(p))
-        else:
-            matches = sorted(glob.glob(source, recursive=True))
-            if not matches:
-                raise FileNotFoundError(f"--data {source}: no such folder, list file or matching glob")
-            paths += [m for m in matches if Path(m).suffix.lower() in IMAGE_SUFFIXES]
-    paths = sorted(set(paths))
-    if not paths:
-        raise FileNotFoundError(f"--data {sources}: no images found (looked for {sorted(IMAGE_SUFFIXES)})")
-    return paths
-
+__all__ = ["list_images", "RandomCrops", "StepSampler", "step_generator", "corrupt", "load_eval_images"]
 
 class RandomCrops(Dataset):
     """Item (step, slot) -> one (3, S, S) float crop in [0, 1], deterministic in (seed, rank, step, slot).
@@ -151,20 +122,15 @@ def corrupt(x: torch.Tensor, mask_ratio: float, noise_std: float, g: torch.Gener
 
 
 def load_eval_images(sources: list[str], size: int, limit: int) -> torch.Tensor | None:
-    """Centre crops (short side resized to ``size``) of held-out images, (N, 3, size, size) in [0, 1]."""
+    """Centre crops (``tokenizer.inputs.center_crop``) of held-out images, (N, 3, size, size) in [0, 1]."""
     if not sources:
         return None
     crops = []
     for path in list_images(sources)[:limit]:
         try:
-            image = read_image(path)[None]  # (1, 3, H, W)
+            image = read_image(path)  # (3, H, W)
         except (ImageError, OSError) as err:
             print(f"[data] skipping unreadable eval image {path}: {err}", file=sys.stderr)
             continue
-        _, _, h, w = image.shape
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        image = F.interpolate(image, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-        top, left = (nh - size) // 2, (nw - size) // 2
-        crops.append(image[0, :, top : top + size, left : left + size].clamp(0, 1))
+        crops.append(center_crop(image, size))
     return torch.stack(crops) if crops else None
