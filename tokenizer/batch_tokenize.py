@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import sys
@@ -36,14 +37,16 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm  # installed with huggingface_hub, a core dependency
 
+from . import run_lock
 from .api import ImageTokenizer
 from .checkpoints import WEIGHTS_NAME, sha256_of
 from .image_io import MAX_PIXELS, ImageError
-from .inputs import IMAGE_SUFFIXES, InputItem, InputSpec, Preprocess, TarReadError, iter_items, iter_sources, resolve_input
+from .inputs import IMAGE_SUFFIXES, InputItem, InputSpec, Preprocess, iter_items, iter_sources, resolve_input
 from .shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
     INDEX_NAME,
+    METADATA_NAME,
     check_or_write_metadata,
     ids_dtype,
     merge_shards,
@@ -158,7 +161,8 @@ def _model_record(tok: ImageTokenizer, config: TokenizeConfig) -> dict[str, Any]
     else:
         # A tokenizer built in memory: hash its weights as save_pretrained would write them.
         state = {k: v.detach().contiguous().cpu() for k, v in tok.model.state_dict().items()}
-        sha = hashlib.sha256(save_bytes(state, metadata={"format": "pt", "library": "imgtok"})).hexdigest()
+        # One metadata key: safetensors writes its metadata map in hash order (two keys: bytes vary per call).
+        sha = hashlib.sha256(save_bytes(state, metadata={"format": "pt"})).hexdigest()
         name = config.model if config.model is not None else "in-memory"
     return {
         "name_or_path": str(name),
@@ -312,6 +316,39 @@ def tokenize_dataset(config: TokenizeConfig, tokenizer: ImageTokenizer | None = 
     started = time.monotonic()
     config.validate()
     rank, world = _rank_and_world(config)
+    out = Path(config.output)
+    new_folder = not out.exists()
+    # First of all, so that a second run on this folder exits at once, before loading anything.
+    try:
+        lock = run_lock.acquire(out, _job_id(config, world))
+    except run_lock.FolderLockedError as err:
+        raise TokenizeError(str(err)) from None
+    finished = False
+    try:
+        result = _run(config, tokenizer, out, rank, world, started)
+        finished = result.merged or world == 1
+        return result
+    finally:
+        if finished or world == 1:  # a rank done before its job is leaves the lock to the others
+            lock.release()
+            if new_folder and not any(out.iterdir()):
+                out.rmdir()  # a run that failed before writing anything leaves no folder behind
+
+
+def _job_id(config: TokenizeConfig, world: int) -> str:
+    """Which processes share the output folder's lock: ``run_lock.job_id()``; ranks started by hand with
+    --rank/--world-size (no torchrun) share it when they name the same input, output and model."""
+    explicit = config.world_size is not None and world > 1 and not (
+        torch.distributed.is_available() and torch.distributed.is_initialized())
+    if explicit and not os.environ.get("MASTER_PORT"):
+        return f"ranks:{world}:{config.input}:{os.path.abspath(config.output)}:{config.model}"
+    return run_lock.job_id()
+
+
+def _run(config: TokenizeConfig, tokenizer: ImageTokenizer | None, out: Path, rank: int, world: int,
+         started: float) -> TokenizeResult:
+    """``tokenize_dataset`` once the folder is locked: count the inputs, check or write metadata.json, then
+    this rank's shards."""
     device = _device(config)
     spec = resolve_input(config.input)
     tok = tokenizer.to(device) if tokenizer is not None else _load_tokenizer(config, device)
@@ -322,17 +359,14 @@ def tokenize_dataset(config: TokenizeConfig, tokenizer: ImageTokenizer | None = 
         multiple_of=tok.downsample_factor, max_side=config.max_side if config.native else None,
     )
     # A header-only pass: the total gives the shard count (so any rank knows when all shards exist) and the ETA.
-    try:
-        num_inputs = sum(1 for _ in iter_sources(spec))
-    except TarReadError as err:  # a damaged tar cannot be walked past: stop before writing anything
-        raise TokenizeError(str(err)) from err
+    # Damaged archives and link members count as inputs that fail (inputs.iter_tar): nothing is lost unrecorded.
+    num_inputs = sum(1 for _ in iter_sources(spec))
     if num_inputs == 0:
         raise TokenizeError(f"--input {config.input}: no images found (suffixes {sorted(IMAGE_SUFFIXES)})")
+    metadata = _metadata(tok, config, spec, preprocess, num_inputs, device)
+    _check_same_inputs(out, metadata)
+    check_or_write_metadata(out, metadata, TokenizeError)
     num_shards = math.ceil(num_inputs / config.shard_size)
-
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
-    check_or_write_metadata(out, _metadata(tok, config, spec, preprocess, num_inputs, device), TokenizeError)
     owned = [k for k in range(num_shards) if k % world == rank]
     remove_stale_temporaries(out, lambda k: k % world == rank)
     done = {k for k in owned if shard_complete(out, k)}
@@ -380,6 +414,22 @@ def tokenize_dataset(config: TokenizeConfig, tokenizer: ImageTokenizer | None = 
         shards_written=written, shards_skipped=len(done), images=images, errors=errors, merged=merged,
         seconds=time.monotonic() - started,
     )
+
+
+def _check_same_inputs(out: Path, metadata: dict[str, Any]) -> None:
+    """A folder started on other inputs (an archive repaired or added since): say why it cannot be resumed."""
+    try:
+        existing = json.loads((out / METADATA_NAME).read_text(encoding="utf-8"))["input"]["num_inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no folder yet, or check_or_write_metadata names what is wrong with it
+    now = metadata["input"]["num_inputs"]
+    if existing != now:
+        raise TokenizeError(
+            f"{out}: was started on {existing} inputs and --input {metadata['input']['spec']} now has {now} "
+            "(an archive repaired or changed since?); the shards written number the inputs by their place, "
+            "so they cannot be completed with these inputs: write to a new --output (its errors.jsonl lists "
+            "what the first run could not read)"
+        )
 
 
 def _merge_after_run(out: Path, num_shards: int) -> bool:

@@ -114,8 +114,11 @@ class TokenShardDataset(Dataset):
     def __init__(self, root: str | os.PathLike, allow_partial: bool = False):
         self.root = Path(root)
         self.metadata: dict[str, Any] = read_metadata(self.root)
-        self.num_shards = int(self.metadata["num_shards"])
+        self.num_shards = self.metadata.get("num_shards")
+        if not _natural(self.num_shards):
+            raise ValueError(f"{self.root}: metadata.json's num_shards is {self.num_shards!r}; expected an integer")
         rows, self.missing_shards = read_index(self.root, self.num_shards, allow_partial)
+        _check_rows(rows, self.num_shards, self.root)
         self.keys: list[str] = [row["key"] for row in rows]
         self.sources: list[str] = [row["source"] for row in rows]
         columns = {name: np.array([row[name] for row in rows], dtype=np.int64) for name in _COLUMNS}
@@ -194,11 +197,20 @@ class TokenShardDataset(Dataset):
         index %= len(self)
         shard, offset = int(self._shard[index]), int(self._offset[index])
         h, w = self.grid_shape(index)
-        flat = self._open(shard).get_slice(IDS_TENSOR)[offset : offset + h * w]  # (h*w,)
-        return self._item(index, flat)
+        ids = self._open(shard).get_slice(IDS_TENSOR)
+        if offset + h * w > ids.get_shape()[0]:
+            raise ValueError(f"{self.root}: row {index} ({self.keys[index]!r}) spans ids [{offset}, {offset + h * w}) "
+                             f"of shard {shard}, which holds {ids.get_shape()[0]}; the shard and its index disagree")
+        return self._item(index, ids[offset : offset + h * w])  # (h*w,)
 
     def _item(self, index: int, flat: np.ndarray) -> TokenItem:
         h, w = self.grid_shape(index)
+        if flat.size != h * w:
+            raise ValueError(f"{self.root}: row {index} ({self.keys[index]!r}) needs {h * w} ids, shard "
+                             f"{int(self._shard[index])} holds {flat.size} there; the shard and its index disagree")
+        if flat.size and int(flat.max()) >= self.vocab_size:
+            raise ValueError(f"{self.root}: row {index} ({self.keys[index]!r}) holds id {int(flat.max())}, outside "
+                             f"the vocabulary [0, {self.vocab_size}) of metadata.json")
         ids = torch.from_numpy(flat.astype(np.int64)).reshape(h, w)  # (h*w,) -> (h, w)
         return TokenItem(
             ids=ids, key=self.keys[index], index=index, shard=int(self._shard[index]),
@@ -225,6 +237,27 @@ class TokenShardDataset(Dataset):
             offset = int(self._offset[index])
             h, w = self.grid_shape(index)
             yield self._item(index, part.ids[offset : offset + h * w])
+
+
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_rows(rows: list[Any], num_shards: int, root: Path) -> None:
+    """Every index row is an object with a str key and source and in-range integer columns, else a
+    ValueError naming the row and field (an edited or corrupt index must not fail deep inside numpy)."""
+    for number, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{root}: index row {number} is {type(row).__name__}; expected a JSON object")
+        for name in ("key", "source"):
+            if not isinstance(row.get(name), str):
+                raise ValueError(f"{root}: index row {number}: {name!r} is {row.get(name)!r}; expected a string")
+        for name in _COLUMNS:
+            value = row.get(name)
+            low = 1 if name in ("h", "w", "height", "width") else 0
+            if not _natural(value) or value < low or (name == "shard" and value >= num_shards):
+                high = f"..{num_shards - 1}" if name == "shard" else " or more"
+                raise ValueError(f"{root}: index row {number}: {name!r} is {value!r}; expected an integer {low}{high}")
 
 
 class TokenShardIterable(IterableDataset):

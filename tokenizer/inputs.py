@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .image_io import MAX_PIXELS, ImageError, decode_image_bytes, read_image
+from .tar_members import READ_ERRORS, BadMember, iter_members
 
 # Suffixes treated as images. Formats Pillow cannot open here (e.g. HEIC) are still listed, so that such
 # files land in an errors file (or a "skipping" line) with a reason instead of being silently ignored.
@@ -189,10 +190,13 @@ def _tar_item(tar_path: str, key: str, members: list[tarfile.TarInfo], tf: tarfi
     image = images[0]
 
     def read_member(member: tarfile.TarInfo) -> bytes:
-        f = tf.extractfile(member)
-        if f is None:
-            raise ImageError(f"{tar_path}:{member.name}: not a regular file")
-        return f.read()
+        try:
+            f = tf.extractfile(member)
+            if f is None:
+                raise ImageError(f"{tar_path}:{member.name}: not a regular file")
+            return f.read()
+        except READ_ERRORS as err:  # a cut archive: tarfile's ReadError, or gzip's EOFError for a .tar.gz
+            raise TarReadError(f"{tar_path}:{member.name}: cannot read the member ({type(err).__name__}: {err})") from err
 
     def read_side(ext: str, member: tarfile.TarInfo) -> Callable[[], Any]:
         return lambda: _parse_side(ext, read_member(member), f"{tar_path}:{member.name}")
@@ -202,32 +206,55 @@ def _tar_item(tar_path: str, key: str, members: list[tarfile.TarInfo], tf: tarfi
                      lambda: decode_image_bytes(read_member(image), f"{tar_path}:{image.name}", max_pixels), side)
 
 
+def _failed_item(source: Source, message: str) -> InputItem:
+    """An input that exists only to be recorded as failed (a link member, the lost end of an archive)."""
+    def fail() -> torch.Tensor:
+        raise TarReadError(message)
+
+    return InputItem(source, fail)
+
+
 def iter_tar(tar_path: str, max_pixels: int | None = None) -> Iterator[InputItem]:
     """Groups of adjacent members sharing a key -> one item per group that has an image member.
 
-    Raises:
-        TarReadError: the archive cannot be walked (a damaged tar cannot be walked past).
+    Nothing is skipped silently: a link or device member, an archive that cannot be opened and the lost end
+    of a truncated archive ("truncated or damaged after member N", ``tar_members``) each yield an item whose
+    ``read_image`` raises ``TarReadError``, so the batch tokenizer records them as failed inputs.
     """
     try:
-        with tarfile.open(tar_path, "r:*") as tf:
-            key, group = None, []
-            for member in tf:  # reads headers only; a member's data is read when (and if) it is asked for
-                if not member.isfile():
-                    continue
-                member_key = tar_key(member.name)[0]
-                if group and member_key != key:
+        tf = tarfile.open(tar_path, "r:*")  # reads the first header already
+    except READ_ERRORS as err:
+        yield _failed_item(Source(f"{Path(tar_path).name}:unreadable", tar_path),
+                           f"{tar_path}: not a readable tar archive ({type(err).__name__}: {err})")
+        return
+    with tf:
+        key, group = None, []
+        for member in iter_members(tf):  # headers only; data is read when (and if) it is asked for
+            if isinstance(member, BadMember):
+                if group:
                     found = _tar_item(tar_path, key, group, tf, max_pixels)
                     if found is not None:
                         yield found
-                    group = []
-                key = member_key
-                group.append(member)
-            if group:
+                    key, group = None, []
+                if member.name is None:  # the archive broke off: stands for the members lost after it
+                    yield _failed_item(Source(f"{Path(tar_path).name}:truncated", tar_path),
+                                       f"{tar_path}: {member.reason}")
+                else:
+                    yield _failed_item(Source(tar_key(member.name)[0], tar_path, member.name),
+                                       f"{tar_path}:{member.name}: {member.reason}")
+                continue
+            member_key = tar_key(member.name)[0]
+            if group and member_key != key:
                 found = _tar_item(tar_path, key, group, tf, max_pixels)
                 if found is not None:
                     yield found
-    except tarfile.TarError as err:
-        raise TarReadError(f"{tar_path}: not a readable tar archive ({err}); expected WebDataset .tar shards") from err
+                group = []
+            key = member_key
+            group.append(member)
+        if group:
+            found = _tar_item(tar_path, key, group, tf, max_pixels)
+            if found is not None:
+                yield found
 
 
 def iter_items(spec: InputSpec, max_pixels: int | None = MAX_PIXELS) -> Iterator[InputItem]:

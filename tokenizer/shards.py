@@ -186,7 +186,12 @@ def read_metadata(root: str | os.PathLike, check_format: bool = True) -> dict[st
     path = Path(root) / METADATA_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{root}: no {METADATA_NAME}; expected a folder written by imgtok tokenize")
-    metadata = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(metadata).__name__}")
     if check_format and metadata.get("format") != FORMAT_NAME:
         raise ValueError(f"{path}: format {metadata.get('format')!r}; expected {FORMAT_NAME!r}")
     return metadata
@@ -241,7 +246,23 @@ def read_errors(root: Path, num_shards: int) -> list[dict[str, Any]]:
 
 
 def open_ids(root: Path, shard: int):
-    """A shard's ids, memory-mapped (``safe_open``): ``.get_slice("ids")[a:b]`` reads only those bytes."""
+    """A shard's ids, memory-mapped (``safe_open``): ``.get_slice("ids")[a:b]`` reads only those bytes.
+
+    Raises:
+        ValueError: the file is no well-formed safetensors file (``safetensors_check``), or holds no 1-D
+            integer ``ids`` tensor.
+        FileNotFoundError: the shard file is missing.
+    """
     from safetensors import safe_open
 
-    return safe_open(str(root / f"{shard_name(shard)}.safetensors"), framework="numpy")
+    from .safetensors_check import check_safetensors
+
+    path = root / f"{shard_name(shard)}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; the folder's index names shard {shard}")
+    header = check_safetensors(path)
+    entry = header.get(IDS_TENSOR)
+    if entry is None or len(entry["shape"]) != 1 or entry["dtype"] not in ("U8", "U16", "I16", "U32", "I32", "I64"):
+        what = "no tensor" if entry is None else f"a {entry['dtype']} tensor of shape {entry['shape']}"
+        raise ValueError(f"{path}: {what} named {IDS_TENSOR!r}; expected 1-D integer ids")
+    return safe_open(str(path), framework="numpy")
