@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from tokenizer import ImageTokenizer, ImageVAE, get_preset
 from tokenizer.fast import bf16_supported
+from tokenizer.config import VectorQuantizerConfig
 from tokenizer.quantizer import VectorQuantizer
 
 BENCH_EXTRA_HINT = 'pip install "imgtok[bench]"'
@@ -162,7 +163,8 @@ def bench_quantizer(report: Report, reps: int) -> None:
     batch, side = QUANT_N // 1024, 32
     theirs = VectorQuantize(dim=QUANT_DIM, codebook_size=QUANT_K, use_cosine_sim=True, rotation_trick=False,
                             decay=0.99, commitment_weight=0.25)
-    ours = VectorQuantizer(QUANT_DIM, QUANT_K, l2_normalize=True, use_ema=True, ema_decay=0.99, beta=0.25)
+    ours = VectorQuantizer(VectorQuantizerConfig(codebook_size=QUANT_K, l2_normalize=True, use_ema=True, ema_decay=0.99,
+                                                 commitment_beta=0.25), QUANT_DIM)
     with torch.no_grad():
         ours.codebook.copy_(theirs._codebook.embed[0])  # the identical codebook, (K, E)
     x = torch.randn(batch, side * side, QUANT_DIM)  # theirs: (B, N, D)
@@ -236,7 +238,7 @@ def diffusers_vq(config) -> torch.nn.Module:
         up_block_types=("UpDecoderBlock2D",) * levels,
         block_out_channels=tuple(config.base_channels * m for m in config.channel_mult),
         layers_per_block=config.layers_per_block, act_fn="silu", latent_channels=config.z_channels,
-        num_vq_embeddings=config.codebook_size, norm_num_groups=config.norm_groups,
+        num_vq_embeddings=config.vocab_size, norm_num_groups=config.norm_groups,
         vq_embed_dim=config.latent_channels, mid_block_add_attention=config.mid_attention,
     ).eval()
 

@@ -34,7 +34,7 @@ def test_properties(tiny_tokenizer):
     assert tiny_tokenizer.downsample_factor == 2
     assert tiny_tokenizer.bits_per_token == 6.0
     assert tiny_tokenizer.bits_per_pixel(4, 4) == pytest.approx(4 * 6 / 16)
-    assert ImageTokenizer.from_preset("vq-tiny", codebook_size=32).vocab_size == 32
+    assert ImageTokenizer.from_preset("vq-tiny", **{"quantizer.codebook_size": 32}).vocab_size == 32
 
 
 # --- shapes --------------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def test_weights_unexpected_key(saved_tiny_tokenizer):
 
 def test_weights_wrong_shape(saved_tiny_tokenizer):
     folder, _ = saved_tiny_tokenizer
-    _edit_config(folder, codebook_size=128)
+    _edit_config(folder, quantizer={"kind": "vq", "codebook_size": 128})
     with pytest.raises(WeightsError, match=r"model\.safetensors.*shape mismatch.*quantizer\.codebook.*\(64, 4\)"):
         ImageTokenizer.from_pretrained(folder)
 

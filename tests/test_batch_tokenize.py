@@ -280,7 +280,7 @@ def test_center_crop_resizes_the_short_side_then_crops_like_torchvision():
 
 def test_large_vocabulary_is_stored_as_int32(env, tmp_path):
     assert ids_dtype(65536) == np.uint16 and ids_dtype(65537) == np.int32
-    tok = ImageTokenizer.from_preset("vq-tiny", codebook_size=70000)
+    tok = ImageTokenizer.from_preset("vq-tiny", **{"quantizer.codebook_size": 70000})
     folder = tmp_path / "two"
     folder.mkdir()
     for i in range(2):

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tokenizer import PRESETS, AEConfig, AutoencoderConfig, ConfigError, KLConfig, VQConfig, get_preset
+from tokenizer import (PRESETS, AEConfig, AutoencoderConfig, ConfigError, KLConfig, VectorQuantizerConfig, VQConfig,
+                       get_preset)
 from tokenizer.config import FORMAT_VERSION
 
 # The README's preset table: family, f, and codebook size (VQ) or latent channels (KL/AE).
@@ -35,11 +36,11 @@ def test_presets_match_readme_table(name):
     config = get_preset(name)
     assert config.model_type == family and config.downsample_factor == f
     if size is not None:
-        assert (config.codebook_size if family == "vq" else config.latent_channels) == size
+        assert (config.vocab_size if family == "vq" else config.latent_channels) == size
     if name in ("vq-f8", "vq-f16", "vq-f4"):
-        assert config.latent_channels == 8 and config.l2_normalize
+        assert config.latent_channels == 8 and config.quantizer.l2_normalize
     if name == "vq-f8-cpu":
-        assert config.code_dim == 8 and config.l2_normalize
+        assert config.quantizer.code_dim == 8 and config.quantizer.l2_normalize
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -55,8 +56,8 @@ def test_json_roundtrip(name, tmp_path):
 
 def test_get_preset_returns_fresh_configs():
     a = get_preset("vq-tiny")
-    a.codebook_size = 7
-    assert get_preset("vq-tiny").codebook_size == 64
+    a.quantizer.codebook_size = 7
+    assert get_preset("vq-tiny").quantizer.codebook_size == 64
 
 
 def test_unknown_preset_lists_the_known_ones():
@@ -69,8 +70,8 @@ def test_unknown_preset_lists_the_known_ones():
     [
         (VQConfig(channel_mult=(1,) * 8), "f=128"),
         (VQConfig(attn_levels=(4,)), "attn_levels entry 4"),
-        (VQConfig(codebook_size=1), "'codebook_size' is 1 .*in 2\.\."),
-        (VQConfig(code_dim=0), "code_dim"),
+        (VQConfig(quantizer=VectorQuantizerConfig(codebook_size=1)), r"'codebook_size' is 1 .*in 2\.\."),
+        (VQConfig(quantizer=VectorQuantizerConfig(code_dim=0)), "code_dim"),
         (KLConfig(use_quant_conv=False, z_channels=8, latent_channels=4), "z_channels == latent_channels"),
         (AEConfig(base_channels=0), "base_channels"),
     ],
@@ -83,8 +84,8 @@ def test_validate_rejects_bad_values(config, match):
 
 def test_replace_validates():
     with pytest.raises(ConfigError, match="codebook_size"):
-        get_preset("vq-tiny").replace(codebook_size=0)
-    assert get_preset("vq-tiny").replace(codebook_size=8).codebook_size == 8
+        get_preset("vq-tiny").replace(**{"quantizer.codebook_size": 0})
+    assert get_preset("vq-tiny").replace(**{"quantizer.codebook_size": 8}).vocab_size == 8
 
 
 def test_from_dict_errors():

@@ -3,21 +3,26 @@ field named, and a model too large to exist is refused before a single module is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from tokenizer import PRESETS, AutoencoderConfig, ConfigError, get_preset
+from tokenizer import PRESETS, AutoencoderConfig, ConfigError, VectorQuantizerConfig, get_preset
 from tokenizer.config_fields import MAX_PARAMETERS
 from tokenizer.models import build_model
 from tokenizer.pretrained import WeightsError, load_folder, save_folder
 
 
+QUANTIZER_FIELDS = {f.name for f in dataclasses.fields(VectorQuantizerConfig)}
+
+
 def _write(tmp_path, preset: str, **changes):
     data = get_preset(preset).to_dict()
-    data.update(changes)
+    for key, value in changes.items():  # the vector quantizer's fields sit under "quantizer"
+        (data["quantizer"] if key in QUANTIZER_FIELDS else data)[key] = value
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data))
     return path
@@ -26,10 +31,10 @@ def _write(tmp_path, preset: str, **changes):
 @pytest.mark.parametrize(
     "preset,field,value,expected",
     [
-        ("vq-tiny", "codebook_size", 10**12, r"'codebook_size' is 1000000000000 \(int\); expected an integer in 2\.\."),
+        ("vq-tiny", "codebook_size", 10**12, r"'quantizer.codebook_size' is 1000000000000 \(int\); expected an integer in 2\.\."),
         ("vq-tiny", "base_channels", 10**6, r"'base_channels' is 1000000 \(int\); expected an integer in 1\.\.16384"),
         ("vq-tiny", "layers_per_block", 10**7, r"'layers_per_block' .*expected an integer in 1\.\.64"),
-        ("vq-tiny", "codebook_size", "4096", r"'codebook_size' is '4096' \(str\); expected an integer"),
+        ("vq-tiny", "codebook_size", "4096", r"'quantizer.codebook_size' is '4096' \(str\); expected an integer"),
         ("vq-tiny", "base_channels", 64.5, r"'base_channels' is 64\.5 \(float\); expected an integer"),
         ("vq-tiny", "norm_groups", 0, r"'norm_groups' is 0 \(int\); expected an integer in 1\.\.1024"),
         ("vq-tiny", "channel_mult", "12", r"'channel_mult' is '12' \(str\); expected a list of integers in 1\.\.64"),
@@ -39,14 +44,14 @@ def _write(tmp_path, preset: str, **changes):
         ("vq-tiny", "channel_mult", [1] * 9, r"gives f=256"),
         ("vq-tiny", "dropout", float("nan"), r"'dropout' is nan \(float\); expected a number in 0\.\.0\.99"),
         ("vq-tiny", "dropout", 1.5, r"'dropout' is 1\.5"),
-        ("vq-tiny", "l2_normalize", 1, r"'l2_normalize' is 1 \(int\); expected true or false"),
-        ("vq-tiny", "l2_normalize", "yes", r"'l2_normalize' is 'yes'"),
-        ("vq-tiny", "code_dim", -3, r"'code_dim' is -3 \(int\); expected an integer or null in 1\.\.65536"),
+        ("vq-tiny", "l2_normalize", 1, r"'quantizer.l2_normalize' is 1 \(int\); expected true or false"),
+        ("vq-tiny", "l2_normalize", "yes", r"'quantizer.l2_normalize' is 'yes'"),
+        ("vq-tiny", "code_dim", -3, r"'quantizer.code_dim' is -3 \(int\); expected an integer or null in 1\.\.65536"),
         ("vq-tiny", "in_channels", None, r"'in_channels' is None"),
-        ("vq-tiny", "ema_decay", 2.0, r"'ema_decay' is 2\.0"),
+        ("vq-tiny", "ema_decay", 2.0, r"'quantizer.ema_decay' is 2\.0"),
         ("vq-tiny", "attn_levels", [-1], r"'attn_levels' is \(-1,\)"),
         ("vq-tiny", "z_channels", True, r"'z_channels' is True \(bool\); expected an integer"),
-        ("vq-tiny", "kmeans_iters", 10**9, r"'kmeans_iters'"),
+        ("vq-tiny", "kmeans_iters", 10**9, r"'quantizer.kmeans_iters'"),
         ("kl-tiny", "logvar_clamp", [1.0, 0.0], r"'logvar_clamp' is \[1\.0, 0\.0\]; expected \[low, high\]"),
         ("kl-tiny", "logvar_clamp", [1.0], r"'logvar_clamp' is \(1\.0,\).*expected a list of 2 numbers"),
         ("kl-tiny", "scaling_factor", float("inf"), r"'scaling_factor' is inf"),
@@ -61,7 +66,7 @@ def test_bad_field_named_with_file_and_expectation(tmp_path, preset, field, valu
 
 def test_every_problem_is_listed_at_once(tmp_path):
     path = _write(tmp_path, "vq-tiny", codebook_size="64", norm_groups=0)
-    with pytest.raises(ConfigError, match=r"'norm_groups'.*; field 'codebook_size'"):
+    with pytest.raises(ConfigError, match=r"'norm_groups'.*; field 'quantizer.codebook_size'"):
         AutoencoderConfig.load(path)
 
 
@@ -93,8 +98,8 @@ def test_parameter_estimate_is_exact_for_presets(name):
 
 def test_direct_construction_is_checked_at_build():
     config = get_preset("vq-tiny")
-    config.codebook_size = "64"
-    with pytest.raises(ConfigError, match="'codebook_size' is '64'"):
+    config.quantizer.codebook_size = "64"
+    with pytest.raises(ConfigError, match="'quantizer.codebook_size' is '64'"):
         build_model(config)
 
 

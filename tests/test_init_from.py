@@ -98,7 +98,7 @@ def test_decoder_only_keeps_the_ids_and_moves_the_decoder(photo_dir, saved_tiny,
 
 def test_mismatched_shapes_are_refused_naming_the_tensors(photo_dir, saved_tiny, tmp_path, capsys):
     rc = train_main(_argv(photo_dir, tmp_path / "run", "--init-from", str(saved_tiny),
-                          sets=("model.codebook_size=32",)))
+                          sets=("model.quantizer.codebook_size=32",)))
     assert rc == 2
     err = capsys.readouterr().err
     assert "shape mismatch" in err and "quantizer." in err and str(saved_tiny) in err

@@ -122,7 +122,7 @@ def test_vq_model_matches_diffusers(vq_folder):
     folder, theirs = vq_folder
     tok = ImageTokenizer.from_pretrained(folder)
     assert tok.vocab_size == theirs.config.num_vq_embeddings
-    assert tok.config.l2_normalize is False
+    assert tok.config.quantizer.l2_normalize is False
 
     images = _images(batch=3)
     x = images * 2 - 1
@@ -173,7 +173,7 @@ def test_convert_writes_an_imgtok_folder(vq_folder, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "diffusers" in printed and str(out) in printed
     config = json.loads((out / "config.json").read_text())
-    assert config["imgtok_model_type"] == "vq" and config["l2_normalize"] is False
+    assert config["imgtok_model_type"] == "vq" and config["quantizer"]["l2_normalize"] is False
     original, converted = ImageTokenizer.from_pretrained(folder), ImageTokenizer.from_pretrained(out)
     images = _images(1)
     assert torch.equal(original.encode(images), converted.encode(images))

@@ -21,6 +21,7 @@ from tokenizer import (
     ImageTokenizer,
     ImageVAE,
     KLConfig,
+    VectorQuantizerConfig,
     VQConfig,
     WeightsError,
     build_model,
@@ -36,12 +37,14 @@ ATTN = ("norm", "q", "k", "v", "proj_out")
 # taming VQGAN: 256-d-style codes without normalisation, legacy beta on the codebook term, attention at the
 # lowest resolution (attn_resolutions=[16] at f16), post_quant_conv back to z_channels.
 TAMING = VQConfig(base_channels=32, channel_mult=(1, 1, 2), layers_per_block=1, attn_levels=(2,), z_channels=16,
-                  latent_channels=12, post_quant_to_z=True, codebook_size=48, l2_normalize=False,
-                  commitment_beta=1.0, codebook_loss_weight=0.25, norm_groups=32)
+                  latent_channels=12, post_quant_to_z=True, norm_groups=32,
+                  quantizer=VectorQuantizerConfig(codebook_size=48, l2_normalize=False, commitment_beta=1.0,
+                                                  codebook_loss_weight=0.25))
 # LlamaGen VQ: 8-d l2-normalised codes, attention after every block of the lowest level (encoder and decoder).
 LLAMAGEN = VQConfig(base_channels=32, channel_mult=(1, 2, 2), layers_per_block=2, attn_levels=(2,), z_channels=16,
-                    latent_channels=8, post_quant_to_z=True, codebook_size=64, l2_normalize=True,
-                    commitment_beta=0.25, codebook_loss_weight=1.0, norm_groups=32)
+                    latent_channels=8, post_quant_to_z=True, norm_groups=32,
+                    quantizer=VectorQuantizerConfig(codebook_size=64, l2_normalize=True, commitment_beta=0.25,
+                                                    codebook_loss_weight=1.0))
 # LDM AutoencoderKL (Stable Diffusion's first stage): no attention in the levels.
 LDM_KL = KLConfig(base_channels=32, channel_mult=(1, 2), layers_per_block=1, z_channels=4, latent_channels=4,
                   norm_groups=32, scaling_factor=0.18215)

@@ -42,7 +42,8 @@ def test_every_preset_forward_backward_and_roundtrip(name):
     assert out.reconstruction.shape == x.shape
     loss = (out.reconstruction - x).pow(2).mean()
     if isinstance(model, VQModel):
-        assert out.quantizer.indices.shape == (1, size // f, size // f)
+        depth = (config.depth,) if config.depth > 1 else ()  # residual VQ: one id per depth, depth last
+        assert out.quantizer.indices.shape == (1, size // f, size // f, *depth)
         loss = loss + out.quantizer.loss
     elif isinstance(model, KLModel):
         assert out.posterior.mean.shape == (1, config.latent_channels, size // f, size // f)
@@ -72,11 +73,11 @@ def test_every_preset_forward_backward_and_roundtrip(name):
             assert torch.equal(model.decode_latents(a), loaded.decode_latents(b))
 
 
-def _tiny_vq(**overrides) -> VQModel:
+def _tiny_vq(**overrides) -> VQModel:  # "quantizer.<field>" keys set quantizer fields
     return build_model(get_preset("vq-tiny").replace(**overrides))
 
 
-VQ_VARIANTS = {"l2": {}, "plain": {"l2_normalize": False}, "factorised": {"code_dim": 2}}
+VQ_VARIANTS = {"l2": {}, "plain": {"quantizer.l2_normalize": False}, "factorised": {"quantizer.code_dim": 2}}
 
 
 @pytest.mark.parametrize("variant", sorted(VQ_VARIANTS))

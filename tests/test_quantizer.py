@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from tokenizer import VectorQuantizer
+from tokenizer import VectorQuantizer, VectorQuantizerConfig
 from tokenizer.quantizer import nearest_code
 
 # (l2_normalize, code_dim): plain, cosine, factorised, factorised + cosine.
@@ -20,8 +20,12 @@ VARIANTS = [(False, None), (True, None), (False, 2), (True, 2)]
 VARIANT_IDS = ["plain", "l2", "factorised", "factorised-l2"]
 
 
+def _vq(dim: int, codes: int, **fields) -> VectorQuantizer:
+    return VectorQuantizer(VectorQuantizerConfig(codebook_size=codes, **fields), dim)
+
+
 def _quantizer(l2: bool, code_dim: int | None, dim: int = 3, codes: int = 5, **kwargs) -> VectorQuantizer:
-    vq = VectorQuantizer(dim, codes, code_dim=code_dim, l2_normalize=l2, **kwargs)
+    vq = _vq(dim, codes, code_dim=code_dim, l2_normalize=l2, **kwargs)
     with torch.no_grad():
         # Codes on the scale of the inputs (the default init is tiny when l2 is off), so that many are used.
         vq.codebook.copy_(torch.randn(codes, vq.code_dim))
@@ -48,7 +52,7 @@ def _hand_lookup(vq: VectorQuantizer, z: torch.Tensor):
 
 @pytest.mark.parametrize("l2,code_dim", VARIANTS, ids=VARIANT_IDS)
 def test_losses_ids_and_stats_match_hand_computation(l2, code_dim):
-    vq = _quantizer(l2, code_dim, beta=0.3, codebook_loss_weight=0.7).eval()
+    vq = _quantizer(l2, code_dim, commitment_beta=0.3, codebook_loss_weight=0.7).eval()
     z = torch.randn(2, 3, 3, 4)  # (B, D, h, w)
     out = vq(z)
     x, ids, q = _hand_lookup(vq, z)
@@ -160,7 +164,7 @@ def _clustered(centers: torch.Tensor, per_cluster: int, spread: float = 0.05):
 
 def test_ema_moves_codes_towards_assigned_means():
     centers = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0], [0.0, -2.0]])
-    vq = VectorQuantizer(2, 4, l2_normalize=False, use_ema=True, ema_decay=0.8)
+    vq = _vq(2, 4, l2_normalize=False, use_ema=True, ema_decay=0.8)
     assert not isinstance(vq.codebook, torch.nn.Parameter)  # EMA codebooks learn without gradients
     vq.codebook.copy_(centers * 0.5)  # each code starts halfway to its cluster
     vq.ema_embed_sum.copy_(vq.codebook)
@@ -182,7 +186,7 @@ def test_ema_moves_codes_towards_assigned_means():
 def test_ema_update_matches_the_formula():
     """One step of VQ-VAE appendix A.1 with Laplace smoothing, written out."""
     decay, eps = 0.9, 1e-5
-    vq = VectorQuantizer(2, 3, l2_normalize=False, use_ema=True, ema_decay=decay, ema_epsilon=eps)
+    vq = _vq(2, 3, l2_normalize=False, use_ema=True, ema_decay=decay, ema_epsilon=eps)
     init = torch.tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]])
     vq.codebook.copy_(init)
     vq.ema_embed_sum.copy_(init)
@@ -200,7 +204,7 @@ def test_ema_update_matches_the_formula():
 @pytest.mark.parametrize("use_ema", [False, True], ids=["grad", "ema"])
 def test_dead_code_is_restarted_from_encoder_outputs_and_then_used(use_ema):
     centers = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0]])
-    vq = VectorQuantizer(2, 4, l2_normalize=False, use_ema=use_ema, dead_code_threshold=0.5)
+    vq = _vq(2, 4, l2_normalize=False, use_ema=use_ema, dead_code_threshold=0.5)
     with torch.no_grad():
         vq.codebook.copy_(torch.cat([centers, torch.tensor([[50.0, 50.0]])]))  # code 3 is far from all data
         if use_ema:
@@ -221,7 +225,7 @@ def test_dead_code_is_restarted_from_encoder_outputs_and_then_used(use_ema):
 
 
 def test_no_restart_when_threshold_is_zero():
-    vq = VectorQuantizer(2, 4, l2_normalize=False, dead_code_threshold=0.0)
+    vq = _vq(2, 4, l2_normalize=False, dead_code_threshold=0.0)
     with torch.no_grad():
         vq.codebook.copy_(torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0], [50.0, 50.0]]))
     z, _ = _clustered(vq.codebook[:3].detach(), per_cluster=8)
@@ -232,7 +236,7 @@ def test_no_restart_when_threshold_is_zero():
 
 def test_kmeans_init_sets_codebook_from_first_batch():
     centers = torch.tensor([[3.0, 0.0], [0.0, 3.0], [-3.0, -3.0]])
-    vq = VectorQuantizer(2, 3, l2_normalize=False, kmeans_init=True, kmeans_iters=20)
+    vq = _vq(2, 3, l2_normalize=False, kmeans_init=True, kmeans_iters=20)
     z, means = _clustered(centers, per_cluster=20)
     initial = vq.codebook.detach().clone()
 
@@ -259,7 +263,7 @@ def test_kmeans_init_sets_codebook_from_first_batch():
 
 
 def test_kmeans_init_l2_gives_unit_codes_and_fewer_vectors_than_codes():
-    vq = VectorQuantizer(3, 16, l2_normalize=True, kmeans_init=True)
+    vq = _vq(3, 16, l2_normalize=True, kmeans_init=True)
     vq.train()(torch.randn(1, 3, 2, 3))  # 6 vectors for 16 codes: sampled with replacement
     torch.testing.assert_close(vq.codebook.detach().norm(dim=1), torch.ones(16), rtol=0, atol=1e-5)
     assert int(vq.initialized) == 1
@@ -268,7 +272,7 @@ def test_kmeans_init_l2_gives_unit_codes_and_fewer_vectors_than_codes():
 def test_state_dict_roundtrip_keeps_ids():
     vq = _quantizer(True, 2, use_ema=False).eval()
     z = torch.randn(1, 3, 4, 4)
-    other = VectorQuantizer(3, 5, code_dim=2, l2_normalize=True)
+    other = _vq(3, 5, code_dim=2, l2_normalize=True)
     other.load_state_dict(vq.state_dict())
     assert torch.equal(other.eval().lookup(z), vq.lookup(z))
     assert F.mse_loss(other(z).quantized, vq(z).quantized) == 0

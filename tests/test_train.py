@@ -66,8 +66,8 @@ def test_smoke_run_learns_and_exports(photo_dir, tmp_path, preset, capsys):
 
 def test_set_overrides_model_and_training_fields():
     cfg = TrainConfig(preset="vq-f8")
-    cfg.apply_overrides(["model.codebook_size=1024", "lr=0.002", "betas=[0.5,0.9]", "amp=bf16"])
-    assert cfg.model_config().codebook_size == 1024
+    cfg.apply_overrides(["model.quantizer.codebook_size=1024", "lr=0.002", "betas=[0.5,0.9]", "amp=bf16"])
+    assert cfg.model_config().quantizer.codebook_size == 1024
     assert cfg.lr == 0.002 and cfg.betas == (0.5, 0.9) and cfg.amp == "bf16"
     with pytest.raises(ValueError, match="unknown training config field"):
         cfg.apply_overrides(["no_such_field=1"])
@@ -86,7 +86,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def test_kill_and_resume_matches_uninterrupted_run(photo_dir, tmp_path):
-    sets = ("steps=8", "ckpt_every=100", "model.dead_code_threshold=0.5", "model.kmeans_init=true",
+    sets = ("steps=8", "ckpt_every=100", "model.quantizer.dead_code_threshold=0.5", "model.quantizer.kmeans_init=true",
             "denoise_noise_std=0.05")
     full, split = tmp_path / "full", tmp_path / "split"
     assert train_main(_args(photo_dir, full, "vq-f8", *sets)) == 0
@@ -121,7 +121,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> N
 def test_two_process_gloo_ranks_stay_identical(photo_dir, tmp_path):
     cfg = smoke(TrainConfig(preset="vq-f8", data=[str(photo_dir)], out=str(tmp_path / "ddp"), steps=4,
                             amp="none", ckpt_every=100, lr=3e-3, warmup_steps=1))
-    cfg.model.update(use_ema=True, dead_code_threshold=0.5)  # EMA sums and restarts must be synchronised
+    cfg.model.update({"quantizer.use_ema": True, "quantizer.dead_code_threshold": 0.5})  # EMA sums and restarts must be synchronised
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg.to_dict(), str(tmp_path)), nprocs=2, join=True)
     r0 = load_file(str(tmp_path / "rank0.safetensors"))
     r1 = load_file(str(tmp_path / "rank1.safetensors"))
@@ -164,9 +164,10 @@ def test_discriminator_off_before_start_step(photo_dir, tmp_path):
 
 
 def test_entropy_regulariser_prefers_spread_codes():
+    from tokenizer.config import VectorQuantizerConfig
     from tokenizer.quantizer import VectorQuantizer
 
-    vq = VectorQuantizer(4, 8, l2_normalize=True)
+    vq = VectorQuantizer(VectorQuantizerConfig(codebook_size=8, l2_normalize=True), 4)
     codes = vq.codes()
     spread = codes[torch.arange(8)].t().reshape(1, 4, 2, 4)  # every code used once
     collapsed = codes[torch.zeros(8, dtype=torch.long)].t().reshape(1, 4, 2, 4)  # one code for all

@@ -7,12 +7,17 @@
 """
 
 from .api import ImageAE, ImageTokenizer, ImageVAE, load_any
-from .config import AEConfig, AutoencoderConfig, ConfigError, KLConfig, VQConfig
+from .config import (AEConfig, AutoencoderConfig, BSQConfig, ConfigError, FSQConfig, KLConfig, LFQConfig,
+                     QuantizerConfig, ResidualVQConfig, VectorQuantizerConfig, VQConfig)
 from .image_io import ImageError
 from .models import AEModel, DiagonalGaussian, KLModel, VQModel, build_model
 from .presets import PRESETS, get_preset
 from .checkpoints import WeightsError
+from .fsq import FiniteScalarQuantizer
+from .lfq import BinarySphericalQuantizer, LookupFreeQuantizer
 from .quantizer import QuantizerOutput, VectorQuantizer
+from .quantizers import build_quantizer
+from .rvq import ResidualVectorQuantizer
 from .sequence import Segment, SequenceError, TokenLayout
 
 __version__ = "0.1.0"
@@ -29,6 +34,12 @@ __all__ = [
     "ConfigError",
     "KLConfig",
     "VQConfig",
+    "QuantizerConfig",
+    "VectorQuantizerConfig",
+    "FSQConfig",
+    "LFQConfig",
+    "BSQConfig",
+    "ResidualVQConfig",
     "ImageError",
     "WeightsError",
     "AEModel",
@@ -40,6 +51,11 @@ __all__ = [
     "get_preset",
     "QuantizerOutput",
     "VectorQuantizer",
+    "FiniteScalarQuantizer",
+    "LookupFreeQuantizer",
+    "BinarySphericalQuantizer",
+    "ResidualVectorQuantizer",
+    "build_quantizer",
     "TokenLayout",
     "Segment",
     "SequenceError",

@@ -65,8 +65,9 @@ def convert(src: str | Path, dst: str | Path, allow_pickle: bool = False,
 
 def _describe(config: AutoencoderConfig) -> str:
     if config.model_type == "vq":
-        code = f"{config.codebook_size} codes x {config.code_dim or config.latent_channels}-d" + (
-            ", l2-normalised" if config.l2_normalize else "")
+        q = config.quantizer
+        code = f"{q.codebook_size} codes x {q.code_dim or config.latent_channels}-d" + (
+            ", l2-normalised" if q.l2_normalize else "")
     else:
         code = (f"{config.latent_channels} latent channels, scaling {config.scaling_factor:g}, "
                 f"shift {config.shift_factor:g}")

@@ -22,7 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .config import AutoencoderConfig, KLConfig, VQConfig
+from .config import (AutoencoderConfig, BSQConfig, FSQConfig, KLConfig, LFQConfig, QuantizerConfig, ResidualVQConfig,
+                     VectorQuantizerConfig, VQConfig)
 
 LIBRARY_NAME = "imgtok"
 PIPELINE_TAG = "image-to-image"
@@ -178,9 +179,9 @@ def load_metrics(path: str | Path) -> Evaluation:
 
 
 def bits_per_pixel(config: AutoencoderConfig) -> float | None:
-    """Bits per pixel of a tokenizer's ids (log2(vocab) per f x f pixels); None for continuous latents."""
+    """Bits per pixel of a tokenizer's ids (depth x log2(vocab) per f x f pixels); None for continuous latents."""
     if isinstance(config, VQConfig):
-        return math.log2(config.codebook_size) / config.downsample_factor**2
+        return config.bits_per_position / config.downsample_factor**2
     return None
 
 
@@ -235,8 +236,14 @@ def _facts(config: AutoencoderConfig, num_parameters: int | None) -> list[tuple[
             ("downsampling factor f", f"{f} (a H x W image -> ceil(H/{f}) x ceil(W/{f}) grid)")]
     if isinstance(config, VQConfig):
         bpp = bits_per_pixel(config)
-        rows += [("vocabulary", f"{config.codebook_size} codes ({math.log2(config.codebook_size):.4g} bits per token)"),
-                 ("bits per pixel", f"{bpp:.4g} (log2(vocab) / f^2)")]
+        vocab = config.vocab_size
+        if config.depth > 1:
+            rows += [("vocabulary", f"{vocab} codes per depth ({math.log2(vocab):.4g} bits per token), "
+                                    f"{config.depth} tokens per grid position"),
+                     ("bits per pixel", f"{bpp:.4g} (depth x log2(vocab) / f^2)")]
+        else:
+            rows += [("vocabulary", f"{vocab} codes ({math.log2(vocab):.4g} bits per token)"),
+                     ("bits per pixel", f"{bpp:.4g} (log2(vocab) / f^2)")]
     else:
         rows += [("latent channels", str(config.latent_channels)),
                  ("latent values per pixel", f"{config.latent_channels / f**2:.4g} (C / f^2, continuous)")]
@@ -244,6 +251,32 @@ def _facts(config: AutoencoderConfig, num_parameters: int | None) -> list[tuple[
         rows.append(("parameters", f"{num_parameters / 1e6:.2f} M"))
     rows.append(("weights", "`model.safetensors` + `config.json`"))
     return rows
+
+
+def _quantizer_line(q: QuantizerConfig, dim: int) -> str:
+    """One sentence on the quantizer, citing its paper."""
+    if isinstance(q, VectorQuantizerConfig):
+        lookup = ("cosine similarity on l2-normalised codes (ViT-VQGAN, Yu et al. 2021)" if q.l2_normalize
+                  else "Euclidean distance")
+        dims = f"factorised {q.code_dim}-d codes with in/out projections" if q.code_dim else f"{dim}-d codes"
+        update = "EMA codebook updates" if q.use_ema else "codebook loss"
+        grad = "rotation-trick gradients (Fifty et al. 2024)" if q.rotation_trick else "straight-through gradients"
+        return (f"vector quantizer (VQ-VAE, van den Oord et al. 2017): {q.codebook_size} {dims}, nearest code by "
+                f"{lookup}; {update}, commitment weight {q.commitment_beta}; {grad}")
+    if isinstance(q, FSQConfig):
+        return (f"finite scalar quantization (FSQ, Mentzer et al. 2023): levels {list(q.levels)} per channel, "
+                f"{q.vocab_size(dim)} implicit codes; id digits in mixed radix, channel 0 least significant")
+    if isinstance(q, LFQConfig):
+        name = ("binary spherical quantization (BSQ, Zhao et al. 2024)" if isinstance(q, BSQConfig)
+                else "lookup-free quantization (LFQ, MAGVIT-v2, Yu et al. 2024)")
+        return (f"{name}: the sign of each of {dim} channels is one bit of the id (channel 0 most significant); "
+                f"entropy penalty weight {q.entropy_weight}, commitment weight {q.commitment_beta}")
+    if isinstance(q, ResidualVQConfig):
+        share = "one codebook shared by all depths" if q.shared_codebook else "one codebook per depth"
+        drop = "; quantizer dropout (SoundStream)" if q.quantizer_dropout else ""
+        return (f"residual vector quantization (SoundStream, Zeghidour et al. 2021; RQ-VAE, Lee et al. 2022): "
+                f"{q.num_depths} depths, {share}{drop}; each depth a " + _quantizer_line(q.codebook, dim))
+    return f"{q.kind} quantizer"
 
 
 def _architecture(config: AutoencoderConfig) -> str:
@@ -261,15 +294,7 @@ def _architecture(config: AutoencoderConfig) -> str:
         f"- encoder output: {config.z_channels} channels; bottleneck input: {config.latent_channels} channels",
     ]
     if isinstance(config, VQConfig):
-        lookup = ("cosine similarity on l2-normalised codes (ViT-VQGAN, Yu et al. 2021)" if config.l2_normalize
-                  else "Euclidean distance")
-        dims = (f"factorised {config.code_dim}-d codes with in/out projections" if config.code_dim
-                else f"{config.latent_channels}-d codes")
-        update = "EMA codebook updates" if config.use_ema else "codebook loss"
-        lines.append(
-            f"- vector quantizer (VQ-VAE, van den Oord et al. 2017): {config.codebook_size} {dims}, nearest code by "
-            f"{lookup}; {update}, commitment weight {config.commitment_beta}"
-        )
+        lines.append("- " + _quantizer_line(config.quantizer, config.latent_channels))
     elif isinstance(config, KLConfig):
         lines.append(
             f"- diagonal-Gaussian posterior (LDM, Rombach et al. 2022); latents handed out as "
@@ -344,7 +369,8 @@ def render_model_card(
     )
     if isinstance(config, VQConfig):
         summary += (f", turning an image into a grid of integer token ids from a vocabulary of "
-                    f"{config.codebook_size}, and ids back into an image.")
+                    f"{config.vocab_size}" + (f" ({config.depth} per position)" if config.depth > 1 else "")
+                    + ", and ids back into an image.")
     else:
         summary += f", turning an image into {config.latent_channels}-channel continuous latents and back."
     limitations = (

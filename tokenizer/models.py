@@ -15,7 +15,8 @@ from torch import nn
 
 from .blocks import Decoder, Encoder
 from .config import AEConfig, AutoencoderConfig, KLConfig, VQConfig
-from .quantizer import QuantizerOutput, VectorQuantizer
+from .quantizer import QuantizerOutput
+from .quantizers import build_quantizer
 
 
 class DiagonalGaussian:
@@ -93,26 +94,33 @@ class _Autoencoder(nn.Module):
 
 
 class VQModel(_Autoencoder):
-    """Encoder -> VectorQuantizer -> decoder (VQ-VAE; VQGAN's generator)."""
+    """Encoder -> quantizer (VQ, FSQ, LFQ, BSQ or residual VQ, by ``config.quantizer``) -> decoder
+    (VQ-VAE; VQGAN's generator)."""
 
     def __init__(self, config: VQConfig):
         super().__init__(config, config.z_channels, config.latent_channels)
-        self.quantizer = VectorQuantizer.from_config(config)
+        self.quantizer = build_quantizer(config.quantizer, config.latent_channels)
 
     @property
     def vocab_size(self) -> int:
-        return self.quantizer.codebook_size
+        """Ids one token can take (one depth's codebook for residual VQ)."""
+        return self.quantizer.vocab_size
+
+    @property
+    def depth(self) -> int:
+        """Ids per grid position (residual VQ depths; else 1)."""
+        return self.quantizer.depth
 
     def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, D, h, w) continuous latents before quantization."""
         return self.quant_conv(self.encoder(x))
 
     def encode_ids(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, h, w) long ids."""
+        """(B, 3, H, W) in [-1, 1] -> (B, h, w) long ids ((B, h, w, depth) for residual VQ)."""
         return self.quantizer.lookup(self.encode_latents(x))
 
     def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) ids -> (B, 3, H, W)."""
+        """(B, h, w) ids ((B, h, w, depth) for residual VQ) -> (B, 3, H, W)."""
         z = self.quantizer.latents_from_ids(ids)  # (B, D, h, w)
         param = self.post_quant_conv.weight if self.config.has_post_quant_conv else self.decoder.conv_in.weight
         return self.decode_latents(z.to(param.dtype))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .config import AEConfig, AutoencoderConfig, ConfigError, KLConfig, VQConfig
+from .config import (AEConfig, AutoencoderConfig, BSQConfig, ConfigError, FSQConfig, KLConfig, LFQConfig,
+                     ResidualVQConfig, VectorQuantizerConfig, VQConfig)
 
 
 def vq_f8() -> VQConfig:
@@ -15,7 +16,7 @@ def vq_f8() -> VQConfig:
     # (LlamaGen, Sun et al. 2024, table 2: 8-dim codes keep usage near 100%).
     return VQConfig(
         base_channels=128, channel_mult=(1, 2, 2, 4), layers_per_block=2, z_channels=256,
-        latent_channels=8, codebook_size=16384, l2_normalize=True,
+        latent_channels=8, quantizer=VectorQuantizerConfig(codebook_size=16384, l2_normalize=True),
     )
 
 
@@ -25,14 +26,14 @@ def vq_f16() -> VQConfig:
     # block's, which is cheaper at high resolution.
     return VQConfig(
         base_channels=128, channel_mult=(1, 1, 2, 2, 4), layers_per_block=2, z_channels=256,
-        latent_channels=8, codebook_size=16384, l2_normalize=True,
+        latent_channels=8, quantizer=VectorQuantizerConfig(codebook_size=16384, l2_normalize=True),
     )
 
 
 def vq_f4() -> VQConfig:
     return VQConfig(
         base_channels=128, channel_mult=(1, 2, 4), layers_per_block=2, z_channels=256,
-        latent_channels=8, codebook_size=8192, l2_normalize=True,
+        latent_channels=8, quantizer=VectorQuantizerConfig(codebook_size=8192, l2_normalize=True),
     )
 
 
@@ -41,9 +42,58 @@ def vq_f8_cpu() -> VQConfig:
     # no attention (quadratic in positions, and little gain at this width). See model_cards/.
     return VQConfig(
         base_channels=32, channel_mult=(1, 2, 2, 4), layers_per_block=1, z_channels=64,
-        latent_channels=64, code_dim=8, codebook_size=4096, l2_normalize=True,
-        mid_attention=False, norm_groups=8, kmeans_init=True, dead_code_threshold=0.05,
+        latent_channels=64, mid_attention=False, norm_groups=8,
+        quantizer=VectorQuantizerConfig(code_dim=8, codebook_size=4096, l2_normalize=True, kmeans_init=True,
+                                        dead_code_threshold=0.05),
     )
+
+
+# --- the other quantizer families (FSQ, LFQ, BSQ, residual VQ) on the same trunks ------------------
+_F8 = dict(base_channels=128, channel_mult=(1, 2, 2, 4), layers_per_block=2, z_channels=256)  # as vq-f8
+_F16 = dict(base_channels=128, channel_mult=(1, 1, 2, 2, 4), layers_per_block=2, z_channels=256)  # as vq-f16
+# The bundled CPU trunk (vq-f8-cpu) and its f16 version, for the quantizer comparison on a CPU.
+_CPU = dict(base_channels=32, layers_per_block=1, z_channels=64, mid_attention=False, norm_groups=8)
+
+
+def fsq_f8() -> VQConfig:
+    # 8,8,8,8 levels: 4096 implicit codes, 12 bits per token (0.1875 bpp at f8), as vq-f8-cpu's rate.
+    return VQConfig(**_F8, latent_channels=4, quantizer=FSQConfig(levels=(8, 8, 8, 8)))
+
+
+def lfq_f16() -> VQConfig:
+    # 18 sign bits per token (2^18 codes), the Open-MAGVIT2 rate: 0.0703 bpp at f16.
+    return VQConfig(**_F16, latent_channels=18, quantizer=LFQConfig())
+
+
+def bsq_f16() -> VQConfig:
+    # 18 bits on the unit sphere (Zhao et al. 2024 use 18 for their image tokenizer).
+    return VQConfig(**_F16, latent_channels=18, quantizer=BSQConfig())
+
+
+def _rvq_codebook() -> VectorQuantizerConfig:
+    # SoundStream's recipe per depth: Euclidean codes (residuals shrink, so no l2 normalisation), EMA
+    # updates, k-means initialisation and dead-code restarts.
+    return VectorQuantizerConfig(codebook_size=4096, l2_normalize=False, use_ema=True, kmeans_init=True,
+                                 dead_code_threshold=0.05)
+
+
+def rvq_f16() -> VQConfig:
+    # 4 depths of 4096 codes: 48 bits per position, 0.1875 bpp at f16 (the rate of vq-f8-cpu at f8).
+    return VQConfig(**_F16, latent_channels=16, quantizer=ResidualVQConfig(num_depths=4, codebook=_rvq_codebook()))
+
+
+def fsq_f8_cpu() -> VQConfig:
+    return VQConfig(**_CPU, channel_mult=(1, 2, 2, 4), latent_channels=4, quantizer=FSQConfig(levels=(8, 8, 8, 8)))
+
+
+def lfq_f8_cpu() -> VQConfig:
+    # 12 bits at f8 (0.1875 bpp) for the CPU comparison with vq-f8-cpu; one entropy group covers all bits.
+    return VQConfig(**_CPU, channel_mult=(1, 2, 2, 4), latent_channels=12, quantizer=LFQConfig(entropy_group_bits=12))
+
+
+def rvq_f16_cpu() -> VQConfig:
+    return VQConfig(**_CPU, channel_mult=(1, 2, 2, 4, 4), latent_channels=16,
+                    quantizer=ResidualVQConfig(num_depths=4, codebook=_rvq_codebook()))
 
 
 def kl_f8() -> KLConfig:
@@ -82,7 +132,24 @@ _TINY = dict(base_channels=8, channel_mult=(1, 2), layers_per_block=1, norm_grou
 
 
 def vq_tiny() -> VQConfig:
-    return VQConfig(**_TINY, codebook_size=64, l2_normalize=True)
+    return VQConfig(**_TINY, quantizer=VectorQuantizerConfig(codebook_size=64, l2_normalize=True))
+
+
+def fsq_tiny() -> VQConfig:
+    return VQConfig(**{**_TINY, "latent_channels": 3}, quantizer=FSQConfig(levels=(5, 4, 3)))
+
+
+def lfq_tiny() -> VQConfig:
+    return VQConfig(**{**_TINY, "latent_channels": 6}, quantizer=LFQConfig(entropy_group_bits=3))
+
+
+def bsq_tiny() -> VQConfig:
+    return VQConfig(**{**_TINY, "latent_channels": 6}, quantizer=BSQConfig(entropy_group_bits=3))
+
+
+def rvq_tiny() -> VQConfig:
+    return VQConfig(**_TINY, quantizer=ResidualVQConfig(
+        num_depths=3, codebook=VectorQuantizerConfig(codebook_size=32, l2_normalize=False)))
 
 
 def kl_tiny() -> KLConfig:
@@ -99,6 +166,17 @@ PRESETS: dict[str, Callable[[], AutoencoderConfig]] = {
     "vq-f16": vq_f16,
     "vq-f8-cpu": vq_f8_cpu,
     "vq-tiny": vq_tiny,
+    "fsq-f8": fsq_f8,
+    "fsq-f8-cpu": fsq_f8_cpu,
+    "fsq-tiny": fsq_tiny,
+    "lfq-f16": lfq_f16,
+    "lfq-f8-cpu": lfq_f8_cpu,
+    "lfq-tiny": lfq_tiny,
+    "bsq-f16": bsq_f16,
+    "bsq-tiny": bsq_tiny,
+    "rvq-f16": rvq_f16,
+    "rvq-f16-cpu": rvq_f16_cpu,
+    "rvq-tiny": rvq_tiny,
     "kl-f8": kl_f8,
     "kl-f8-c16": kl_f8_c16,
     "kl-f8-cpu": kl_f8_cpu,

@@ -1,4 +1,10 @@
-"""Vector quantizer: nearest-code lookup with a straight-through gradient.
+"""Vector quantizer: nearest-code lookup with a straight-through (or rotation-trick) gradient.
+
+Also the parts every quantizer family shares (``QuantizerOutput``, the code statistics, the
+distributed helpers). The other families live beside it: ``fsq.py``, ``lfq.py`` (LFQ and BSQ),
+``rvq.py``; ``build_quantizer`` in ``quantizers.py`` picks one from its config. Every quantizer has the
+same surface: ``forward(z) -> QuantizerOutput``, ``lookup(z) -> ids``, ``latents_from_ids(ids)``,
+``vocab_size`` and ``depth`` (ids per grid position).
 
 VQ-VAE (van den Oord et al. 2017) with the options that keep large codebooks alive:
 factorised low-dimensional codes and l2-normalised (cosine) lookup (ViT-VQGAN, Yu et al. 2021, sec. 3.2;
@@ -25,7 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .config import VQConfig
+from .config import VectorQuantizerConfig
 from .devices import full_precision_matmul
 
 # Elements of one (chunk, K) distance block, whatever N is. On a GPU: 2**24 fp32 = 64 MiB, few launches.
@@ -41,24 +47,28 @@ class QuantizerOutput:
     """What one quantizer forward returns.
 
     quantized: (B, D, h, w) codes with the straight-through gradient attached (what the decoder sees).
-    indices: (B, h, w) long code ids.
-    loss: codebook_loss_weight * codebook_loss + beta * commitment_loss (VQ-VAE eq. 3).
-    codebook_loss: ||sg(z_e) - z_q||^2 (zero when the codebook learns by EMA).
-    commitment_loss: ||z_e - sg(z_q)||^2.
-    perplexity: exp(entropy) of this batch's code histogram (all ranks).
-    usage: share of the K codes used at least once in this batch (all ranks).
-    latents: (B, D, h, w) the latents before quantization (the input z), e.g. for regularisers on the
-        soft assignments; they carry the encoder's gradient.
+    indices: (B, h, w) long code ids; (B, h, w, depth) for residual VQ (-1 at depths dropped this step).
+    latents: (B, D, h, w) the input before quantization, as given (with its graph), so that a loss on
+        the latents (e.g. ``train.losses.codebook_entropy_loss``) needs no second encoder pass.
+    loss: everything the quantizer adds to the training loss. VQ: codebook_loss_weight * codebook_loss +
+        beta * commitment_loss (VQ-VAE eq. 3); LFQ/BSQ: beta * commitment_loss + entropy_weight *
+        entropy_loss; FSQ: zero; residual VQ: the sum over depths.
+    codebook_loss: ||sg(z_e) - z_q||^2 (zero when the codebook learns by EMA, and for FSQ/LFQ/BSQ).
+    commitment_loss: ||z_e - sg(z_q)||^2 (zero for FSQ, which has nothing to commit to).
+    entropy_loss: MAGVIT-v2's entropy penalty (LFQ/BSQ, training only), else zero.
+    perplexity: exp(entropy) of this batch's code histogram (all ranks); mean over depths for residual VQ.
+    usage: share of the codes used at least once in this batch (all ranks); mean over depths.
     """
 
     quantized: torch.Tensor
     indices: torch.Tensor
+    latents: torch.Tensor
     loss: torch.Tensor
     codebook_loss: torch.Tensor
     commitment_loss: torch.Tensor
+    entropy_loss: torch.Tensor
     perplexity: torch.Tensor
     usage: torch.Tensor
-    latents: torch.Tensor | None = None
 
 
 def _distributed() -> bool:
@@ -75,6 +85,45 @@ def _broadcast(t: torch.Tensor) -> torch.Tensor:
     if _distributed():
         dist.broadcast(t, src=0)
     return t
+
+
+def code_counts(ids: torch.Tensor, num_codes: int, reduce: bool) -> torch.Tensor:
+    """(K,) fp32 histogram of (N,) ids, summed over ranks if ``reduce``."""
+    # index_add, not bincount: bincount on CUDA reads max(ids) back to the host every call.
+    counts = torch.zeros(num_codes, device=ids.device).index_add_(0, ids, torch.ones(ids.shape[0], device=ids.device))
+    return _all_reduce_sum(counts) if reduce else counts
+
+
+def code_statistics(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(perplexity, usage) of a (K,) code histogram: exp(its entropy) and the share of codes used at least once."""
+    probs = counts / counts.sum().clamp_min(1.0)
+    perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
+    return perplexity, (counts > 0).float().mean()
+
+
+def rotation_trick(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``q`` in value, with the gradient reaching ``x`` through a rotation (Fifty et al. 2024, sec. 4).
+
+    The straight-through copy hands x the decoder's gradient unchanged, whatever the angle between x and
+    its code. The rotation trick instead writes q = sg(lambda R) x, where R is the rotation taking x/||x||
+    onto q/||q|| in the plane of the two and lambda = ||q|| / ||x||: the gradient reaching x is
+    lambda R^T g, so it turns with the code. R = I - 2 r r^T + 2 q^ x^T with r = (x^ + q^) / ||x^ + q^||
+    (^ = unit vector), applied without forming the (E, E) matrix.
+
+    Args:
+        x: (N, E) vectors with a gradient.
+        q: (N, E) their codes (no gradient is passed to them here).
+    """
+    eps = 1e-12
+    x_norm = x.norm(dim=1, keepdim=True)  # (N, 1)
+    q_norm = q.norm(dim=1, keepdim=True)  # (N, 1)
+    with torch.no_grad():
+        x_hat = x / x_norm.clamp_min(eps)  # (N, E)
+        q_hat = q / q_norm.clamp_min(eps)
+        r = F.normalize(x_hat + q_hat, dim=1)  # zero (and R x = -x, still onto q) when q^ = -x^
+        scale = q_norm / x_norm.clamp_min(eps)  # lambda
+    rotated = x - 2 * r * (r * x).sum(1, keepdim=True) + 2 * q_hat * (x_hat * x).sum(1, keepdim=True)  # R x
+    return rotated * scale
 
 
 def nearest_code(x: torch.Tensor, codebook: torch.Tensor, block: int | None = None) -> torch.Tensor:
@@ -107,62 +156,41 @@ class VectorQuantizer(nn.Module):
     """Maps (B, D, h, w) latents to their nearest codes.
 
     Args:
+        config: the codebook's settings (size, factorised/l2 lookup, EMA, restarts, k-means, rotation trick).
         dim: channels D of the latents it quantizes.
-        codebook_size: K.
-        code_dim: E; when set and different from D, codes live in E dimensions behind linear in/out
-            projections (factorised codes, ViT-VQGAN).
-        l2_normalize: l2-normalise inputs and codes before the lookup (cosine similarity).
-        beta: commitment weight (VQ-VAE eq. 3).
-        codebook_loss_weight: weight of the codebook term (ignored with EMA updates).
-        use_ema: learn the codebook by exponential moving averages of assigned vectors.
-        ema_decay, ema_epsilon: EMA decay and Laplace smoothing of the cluster sizes.
-        dead_code_threshold: restart a code whose bias-corrected EMA assignment count per step falls
-            below this (0 disables restarts).
-        usage_decay: decay of that per-code usage statistic.
-        kmeans_init, kmeans_iters: k-means initialisation on the first training batch.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        codebook_size: int,
-        *,
-        code_dim: int | None = None,
-        l2_normalize: bool = True,
-        beta: float = 0.25,
-        codebook_loss_weight: float = 1.0,
-        use_ema: bool = False,
-        ema_decay: float = 0.99,
-        ema_epsilon: float = 1e-5,
-        dead_code_threshold: float = 0.0,
-        usage_decay: float = 0.99,
-        kmeans_init: bool = False,
-        kmeans_iters: int = 10,
-    ):
+    depth = 1
+
+    def __init__(self, config: VectorQuantizerConfig, dim: int):
         super().__init__()
+        config.validate(dim)
+        self.config = config
         self.dim = dim
-        self.codebook_size = codebook_size
-        self.code_dim = code_dim or dim
-        self.l2_normalize = l2_normalize
-        self.beta = beta
-        self.codebook_loss_weight = codebook_loss_weight
-        self.use_ema = use_ema
-        self.ema_decay = ema_decay
-        self.ema_epsilon = ema_epsilon
-        self.dead_code_threshold = dead_code_threshold
-        self.usage_decay = usage_decay
-        self.kmeans_iters = kmeans_iters
+        self.codebook_size = config.codebook_size
+        self.code_dim = config.code_dim or dim
+        self.l2_normalize = config.l2_normalize
+        self.beta = config.commitment_beta
+        self.codebook_loss_weight = config.codebook_loss_weight
+        self.use_ema = config.use_ema
+        self.ema_decay = config.ema_decay
+        self.ema_epsilon = config.ema_epsilon
+        self.dead_code_threshold = config.dead_code_threshold
+        self.usage_decay = config.usage_decay
+        self.kmeans_iters = config.kmeans_iters
+        self.rotation_trick = config.rotation_trick
 
         factorised = self.code_dim != dim
         self.in_proj = nn.Linear(dim, self.code_dim) if factorised else nn.Identity()
         self.out_proj = nn.Linear(self.code_dim, dim) if factorised else nn.Identity()
 
+        codebook_size = config.codebook_size
         init = torch.randn(codebook_size, self.code_dim)
-        if l2_normalize:
+        if self.l2_normalize:
             init = F.normalize(init, dim=1)
         else:
             init = init.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)  # as VQ-VAE / taming
-        if use_ema:
+        if self.use_ema:
             self.register_buffer("codebook", init)
             self.register_buffer("ema_cluster_size", torch.ones(codebook_size))
             self.register_buffer("ema_embed_sum", init.clone())
@@ -172,29 +200,15 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("usage", torch.zeros(codebook_size))
         self.register_buffer("usage_steps", torch.zeros((), dtype=torch.long))
         # 0 until k-means has run (only read when kmeans_init is on).
-        self.register_buffer("initialized", torch.tensor(0 if kmeans_init else 1, dtype=torch.long))
+        self.register_buffer("initialized", torch.tensor(0 if config.kmeans_init else 1, dtype=torch.long))
         # Reading ``initialized`` is a host-device sync; once it read 1 it is not read again until a
         # state dict is loaded (which may bring back a 0).
         self._initialized_seen = False
         self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_initialized_seen", False))
 
-    @classmethod
-    def from_config(cls, config: VQConfig) -> "VectorQuantizer":
-        return cls(
-            config.latent_channels,
-            config.codebook_size,
-            code_dim=config.code_dim,
-            l2_normalize=config.l2_normalize,
-            beta=config.commitment_beta,
-            codebook_loss_weight=config.codebook_loss_weight,
-            use_ema=config.use_ema,
-            ema_decay=config.ema_decay,
-            ema_epsilon=config.ema_epsilon,
-            dead_code_threshold=config.dead_code_threshold,
-            usage_decay=config.usage_decay,
-            kmeans_init=config.kmeans_init,
-            kmeans_iters=config.kmeans_iters,
-        )
+    @property
+    def vocab_size(self) -> int:
+        return self.codebook_size
 
     # --- lookups ----------------------------------------------------------------------------------
     def codes(self) -> torch.Tensor:
@@ -244,25 +258,27 @@ class VectorQuantizer(nn.Module):
             codebook_loss = F.mse_loss(q, x.detach()) if not self.use_ema else x.new_zeros(())
             loss = self.codebook_loss_weight * codebook_loss + self.beta * commitment
 
-            # index_add, not bincount: bincount on CUDA reads max(ids) back to the host every call.
-            counts = x.new_zeros(self.codebook_size).index_add_(0, ids, x.new_ones(ids.shape[0]))  # (K,)
+            counts = code_counts(ids, self.codebook_size, reduce=self.training)  # (K,)
             if self.training:
-                counts = _all_reduce_sum(counts)
                 with torch.no_grad():
                     if self.use_ema:
                         self._ema_update(x.detach(), ids, counts)
                     self._track_usage_and_restart(x.detach(), counts)
-            probs = counts / counts.sum().clamp_min(1.0)
-            perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
-            usage = (counts > 0).float().mean()
+            perplexity, usage = code_statistics(counts)
 
-            # Straight-through estimator (VQ-VAE sec. 3.1): the forward pass uses the code q, the
-            # backward pass copies the decoder's gradient to x unchanged, z_q = z_e + sg(z_q - z_e).
-            st = x + (q - x).detach() if x.requires_grad else q
+            if not x.requires_grad:
+                st = q
+            elif self.rotation_trick:
+                st = rotation_trick(x, q.detach())
+            else:
+                # Straight-through estimator (VQ-VAE sec. 3.1): the forward pass uses the code q, the
+                # backward pass copies the decoder's gradient to x unchanged, z_q = z_e + sg(z_q - z_e).
+                st = x + (q - x).detach()
             out = self.out_proj(st)  # (N, D)
         quantized = rearrange(out, "(b h w) d -> b d h w", b=batch, h=height, w=width)  # (B, D, h, w)
         indices = rearrange(ids, "(b h w) -> b h w", b=batch, h=height, w=width)  # (B, h, w)
-        return QuantizerOutput(quantized, indices, loss, codebook_loss, commitment, perplexity, usage, latents=z)
+        return QuantizerOutput(quantized, indices, z, loss, codebook_loss, commitment, loss.new_zeros(()),
+                               perplexity, usage)
 
     # --- codebook maintenance (no gradient, fp32, synchronised across ranks) -----------------------
     def _set_codes(self, rows: torch.Tensor | slice, values: torch.Tensor) -> None:
@@ -330,6 +346,6 @@ class VectorQuantizer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, codebook_size={self.codebook_size}, code_dim={self.code_dim}, "
-            f"l2_normalize={self.l2_normalize}, ema={self.use_ema}, "
+            f"l2_normalize={self.l2_normalize}, ema={self.use_ema}, rotation_trick={self.rotation_trick}, "
             f"bits_per_token={math.log2(self.codebook_size):.2f}"
         )

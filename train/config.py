@@ -1,7 +1,7 @@
 """Training configuration: one dataclass, saved as ``train_config.json`` beside each run.
 
 ``--set key=value`` overrides any field here, and ``--set model.<field>=value`` any field of the model
-config (e.g. ``--set model.codebook_size=16384``). Values are parsed as JSON when they parse, else kept as
+config (e.g. ``--set model.quantizer.codebook_size=16384``). Values are parsed as JSON when they parse, else kept as
 strings, so ``--set l1_weight=0.5``, ``--set amp=bf16`` and ``--set model.channel_mult=[1,2,4]`` all work.
 """
 
@@ -153,7 +153,7 @@ class TrainConfig:
             raise ConfigError("no model: pass --preset NAME or --init-from MODEL")
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
         known = {f.name for f in dataclasses.fields(base)}
-        unknown = sorted(set(overrides) - known)
+        unknown = sorted(k for k in overrides if k.split(".")[0] not in known)  # "quantizer.<field>" too
         if unknown:
             raise ConfigError(f"unknown model config field(s) {unknown} for {self.preset or base.model_type!r} models")
         return base.replace(**overrides) if overrides else base
@@ -230,7 +230,7 @@ def smoke(config: TrainConfig) -> TrainConfig:
         return config
     config.model = {
         "base_channels": 8, "channel_mult": [1, 2], "layers_per_block": 1, "norm_groups": 4,
-        "attn_levels": [], **({"codebook_size": 64} if config.preset.startswith("vq") else {}),
+        "attn_levels": [], **({"quantizer.codebook_size": 64} if config.preset.startswith("vq") else {}),
         **{k: v for k, v in config.model.items() if k not in ("base_channels", "channel_mult", "layers_per_block")},
     }
     return config

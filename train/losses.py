@@ -1,5 +1,10 @@
 """Losses the field trains tokenizers with. They live here, never in the library.
 
+Each quantizer family's own terms come with its ``QuantizerOutput.loss`` (VQ: codebook + commitment; LFQ and
+BSQ: commitment + MAGVIT-v2's entropy penalty, weights in their config; FSQ: none; residual VQ: the sum over
+depths), which the trainer adds as is. ``codebook_entropy_loss`` is the optional extra regulariser of
+``TrainConfig.entropy_weight``.
+
 Axis letters: B batch, N = B*h*w latent vectors, K codes.
 """
 
@@ -9,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokenizer.lfq import LookupFreeQuantizer
 from tokenizer.quantizer import VectorQuantizer
 
 
@@ -95,12 +101,26 @@ class LeCam(nn.Module):
         return F.relu(real - self.fake_ema).pow(2).mean() + F.relu(self.real_ema - fake).pow(2).mean()
 
 
-def codebook_entropy_loss(quantizer: VectorQuantizer, z: torch.Tensor, temperature: float) -> torch.Tensor:
+def codebook_entropy_loss(quantizer: nn.Module, z: torch.Tensor, temperature: float) -> torch.Tensor:
     """Entropy regulariser on soft code assignments (MAGVIT-v2, Yu et al. 2024, eq. 5).
 
     Low per-vector entropy (confident assignments) and high entropy of the batch-average assignment
     (every code used): loss = E[H(p(k|x))] - H(E[p(k|x)]).
+
+    Args:
+        quantizer: a ``VectorQuantizer`` (soft assignment over its K codes, an (N, K) matrix) or an LFQ/BSQ
+            quantizer (its own factorised estimate, which never forms (N, 2^bits); its config's temperature).
+        z: (B, D, h, w) latents before quantization (``QuantizerOutput.latents``).
+        temperature: T in p(k|x) ~ exp(-||x - e_k||^2 / T) for the vector quantizer.
     """
+    if isinstance(quantizer, LookupFreeQuantizer):
+        with torch.autocast(z.device.type, enabled=False):
+            return quantizer.entropy_loss(quantizer.prepare(z))[0]
+    if not isinstance(quantizer, VectorQuantizer):
+        raise ValueError(
+            f"entropy_weight > 0 needs a vector, LFQ or BSQ quantizer; this model has {type(quantizer).__name__} "
+            "(FSQ needs no entropy term; residual VQ has one codebook per depth)"
+        )
     with torch.autocast(z.device.type, enabled=False):
         x = quantizer.project_in(z)  # (N, E)
         codes = quantizer.codes()  # (K, E)

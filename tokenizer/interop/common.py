@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from ..checkpoints import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, WeightsError, read_weights
-from ..config import AutoencoderConfig, ConfigError, KLConfig, VQConfig
+from ..config import AutoencoderConfig, ConfigError, KLConfig, VectorQuantizerConfig, VQConfig
 from ..presets import PRESETS, get_preset
 from .safe_unpickle import load_pickle, placeholders_in
 
@@ -193,9 +193,12 @@ def infer_config(state: dict[str, torch.Tensor], model_type: str, source: str, *
         use_post_quant_conv=None if has_post == use_quant_conv else has_post,
         post_quant_to_z=dec_in != latent,
     )
+    quantizer_fixed = fixed.pop("quantizer", {})  # VectorQuantizerConfig fields shapes cannot tell
     if model_type == "vq":
         codebook_size, code_dim = _shape(state, "quantizer.codebook", source)
-        fields.update(codebook_size=codebook_size, code_dim=None if code_dim == latent else code_dim)
+        fields["quantizer"] = VectorQuantizerConfig(codebook_size=codebook_size,
+                                                    code_dim=None if code_dim == latent else code_dim,
+                                                    **quantizer_fixed)
     fields.update(fixed)
     cls = {"vq": VQConfig, "kl": KLConfig}[model_type]
     try:

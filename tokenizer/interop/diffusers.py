@@ -35,7 +35,7 @@ from ..checkpoints import (
     Checkpoint,
     WeightsError,
 )
-from ..config import AutoencoderConfig, ConfigError, KLConfig, VQConfig
+from ..config import AutoencoderConfig, ConfigError, KLConfig, VectorQuantizerConfig, VQConfig
 from .common import as_conv1x1, read_state_file, regex_rule, rename_state
 
 CLASS_TO_TYPE = {"AutoencoderKL": "kl", "VQModel": "vq"}
@@ -165,9 +165,11 @@ def config_from_diffusers(data: dict[str, Any], source: str) -> tuple[Autoencode
         notes.append("VQModel's scaling_factor is a latent-diffusion setting; tokens do not use it")
         config = VQConfig(
             **common, z_channels=z, latent_channels=embed, post_quant_to_z=embed != z,
-            codebook_size=cfg["num_vq_embeddings"], code_dim=None, l2_normalize=False,
-            # diffusers' VectorQuantizer(beta=0.25, legacy=True): beta weighs the codebook term.
-            commitment_beta=1.0, codebook_loss_weight=0.25,
+            quantizer=VectorQuantizerConfig(
+                codebook_size=cfg["num_vq_embeddings"], code_dim=None, l2_normalize=False,
+                # diffusers' VectorQuantizer(beta=0.25, legacy=True): beta weighs the codebook term.
+                commitment_beta=1.0, codebook_loss_weight=0.25,
+            ),
         )
     try:
         config.validate()

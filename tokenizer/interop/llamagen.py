@@ -70,6 +70,6 @@ def read_llamagen_state(state: dict[str, torch.Tensor], source: str,
         raise WeightsError(f"{source}: no decoder.conv_blocks.* keys; not a LlamaGen VQ state dict")
     renamed, dropped = rename_state(state, _rules(max(levels) + 1), DROP, source, "LlamaGen")
     if config is None:
-        config = infer_config(renamed, "vq", source, norm_groups=32, l2_normalize=True,
-                              commitment_beta=0.25, codebook_loss_weight=1.0)
+        config = infer_config(renamed, "vq", source, norm_groups=32,
+                              quantizer=dict(l2_normalize=True, commitment_beta=0.25, codebook_loss_weight=1.0))
     return Checkpoint(config, renamed, source, "llamagen", dropped=dropped)

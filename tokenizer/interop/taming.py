@@ -55,6 +55,6 @@ def read_taming_state(state: dict[str, torch.Tensor], source: str,
     if config is None:
         fixed = dict(norm_groups=32)
         if model_type == "vq":
-            fixed.update(l2_normalize=False, commitment_beta=1.0, codebook_loss_weight=TAMING_BETA)
+            fixed.update(quantizer=dict(l2_normalize=False, commitment_beta=1.0, codebook_loss_weight=TAMING_BETA))
         config = infer_config(renamed, model_type, source, **fixed)
     return Checkpoint(config, renamed, source, "taming" if model_type == "vq" else "ldm", dropped=dropped)
