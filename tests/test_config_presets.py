@@ -70,7 +70,7 @@ def test_unknown_preset_lists_the_known_ones():
     [
         (VQConfig(channel_mult=(1,) * 8), "f=128"),
         (VQConfig(attn_levels=(4,)), "attn_levels entry 4"),
-        (VQConfig(quantizer=VectorQuantizerConfig(codebook_size=1)), r"'codebook_size' is 1 .*in 2\.\."),
+        (VQConfig(quantizer=VectorQuantizerConfig(codebook_size=1)), r"'quantizer.codebook_size' is 1 .*in 2\.\."),
         (VQConfig(quantizer=VectorQuantizerConfig(code_dim=0)), "code_dim"),
         (KLConfig(use_quant_conv=False, z_channels=8, latent_channels=4), "z_channels == latent_channels"),
         (AEConfig(base_channels=0), "base_channels"),
@@ -115,3 +115,26 @@ def test_load_errors_name_the_file(tmp_path):
         AutoencoderConfig.load(array)
     with pytest.raises(FileNotFoundError):
         AutoencoderConfig.load(tmp_path / "missing.json")
+
+
+def test_format_1_configs_load_with_the_quantizer_fields_nested():
+    # Format 1 (imgtok before the quantizer families) kept the vector quantizer's fields at the top level.
+    data = {k: v for k, v in get_preset("vq-tiny").to_dict().items() if k != "quantizer"}
+    data.update(format_version=1, codebook_size=48, l2_normalize=False, kmeans_init=True, dead_code_threshold=0.1)
+    config = AutoencoderConfig.from_dict(data, source="old.json")
+    assert config.quantizer == VectorQuantizerConfig(codebook_size=48, l2_normalize=False, kmeans_init=True,
+                                                     dead_code_threshold=0.1)
+    assert config.to_dict()["format_version"] == FORMAT_VERSION == 2
+    assert config.to_dict()["quantizer"]["kind"] == "vq" and "codebook_size" not in config.to_dict()
+    with pytest.raises(ConfigError, match="new.json: unknown field.*'codebook_size'"):
+        AutoencoderConfig.from_dict({**config.to_dict(), "codebook_size": 5}, source="new.json")
+
+
+@pytest.mark.parametrize("name", ["fsq-tiny", "lfq-tiny", "bsq-tiny", "rvq-tiny"])
+def test_quantizer_configs_round_trip_and_refuse_bad_kinds(name):
+    config = get_preset(name)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert AutoencoderConfig.from_dict(data) == config
+    bad = {**data, "quantizer": {**data["quantizer"], "kind": "pq"}}
+    with pytest.raises(ConfigError, match="x.json: .*quantizer kind 'pq'; expected one of"):
+        AutoencoderConfig.from_dict(bad, source="x.json")
