@@ -10,6 +10,12 @@ Sections (each prints its figures and the ratio against the peer):
    with the same codebook (K = 16384, 8-dim, l2-normalised / use_cosine_sim, rotation trick off, EMA
    updates in both, N = 16384 vectors): train-mode forward + backward and eval lookup: time, peak memory,
    and the share of identical ids when both hold the identical codebook.
+   families: FSQ (levels 8,8,8,8: fsq-f8's 12 bits), LFQ (12 bits with the entropy penalty, as
+   lfq-f8-cpu; 18 bits as lfq-f16 for the lookup only: vector-quantize-pytorch's LFQ forms the (N, 2^18)
+   soft-assignment matrix in training, 16 GiB at N = 16384) and residual VQ (4 depths of 4096 16-dim
+   codes, EMA, as rvq-f16) against ``FSQ``, ``LFQ`` and ``ResidualVQ``: train forward + backward time,
+   peak memory, eval lookup time, and the share of identical ids (the same maths: FSQ levels, LFQ signs,
+   and RVQ with copied codebooks).
 3. autoencoders: ``ImageTokenizer.encode``/``decode`` against diffusers' ``VQModel`` configured to the
    ``vq-f8`` widths, depths and codebook (and ``ImageVAE`` against ``AutoencoderKL`` at ``kl-f8``), random
    weights, 256^2 images: images/s, ratio, and achieved GFLOP/s as a fraction of the measured conv peak.
@@ -43,8 +49,11 @@ import torch.nn.functional as F
 
 from tokenizer import ImageTokenizer, ImageVAE, get_preset
 from tokenizer.fast import bf16_supported
-from tokenizer.config import VectorQuantizerConfig
+from tokenizer.config import FSQConfig, LFQConfig, ResidualVQConfig, VectorQuantizerConfig
+from tokenizer.fsq import FiniteScalarQuantizer
+from tokenizer.lfq import LookupFreeQuantizer
 from tokenizer.quantizer import VectorQuantizer
+from tokenizer.rvq import ResidualVectorQuantizer
 
 BENCH_EXTRA_HINT = 'pip install "imgtok[bench]"'
 QUANT_K, QUANT_DIM, QUANT_N = 16384, 8, 16384
@@ -226,6 +235,113 @@ def bench_quantizer(report: Report, reps: int) -> None:
     report.put("quantizer_lookup_peak_memory_vqpytorch_mib", lookup_mem_theirs)
     report.put("quantizer_id_agreement_vs_vqpytorch", agree,
                f"identical ids with the identical codebook: {100 * agree:.4f}% of {QUANT_N}")
+
+
+# --- 2b. quantizer families -----------------------------------------------------------------------
+def _compare_family(report: Report, key: str, reps: int, ours, theirs, z: torch.Tensor, x: torch.Tensor,
+                    ours_loss: Callable, theirs_loss: Callable, theirs_ids: Callable, train: bool = True,
+                    sync: Callable[[], None] | None = None) -> None:
+    """Time ours on z (B, D, h, w) against theirs on x (B, N, D), the same vectors; ids compared in eval mode."""
+    def train_ours():
+        zi = z.clone().requires_grad_()
+        ours_loss(ours(zi), zi).backward()
+
+    def train_theirs():
+        xi = x.clone().requires_grad_()
+        theirs_loss(theirs(xi), xi).backward()
+
+    def lookup_ours():
+        return ours.lookup(z)
+
+    def lookup_theirs():
+        with torch.no_grad():
+            return theirs_ids(theirs(x))
+
+    if train:
+        ours.train(), theirs.train()
+        times = interleaved_times({"ours": train_ours, "theirs": train_theirs}, reps)
+        mem_theirs, mem_ours = peak_memory_mib(train_theirs), peak_memory_mib(train_ours)
+        speedup = times["theirs"]["wall_s"] / times["ours"]["wall_s"]
+        report.put(f"{key}_speedup_vs_vqpytorch", round(speedup, 2),
+                   f"{key} train fwd+bwd: ours {times['ours']['wall_s'] * 1e3:.1f} ms, vector-quantize-pytorch "
+                   f"{times['theirs']['wall_s'] * 1e3:.1f} ms -> {speedup:.2f}x "
+                   f"(CPU time {times['theirs']['cpu_s'] / times['ours']['cpu_s']:.2f}x)")
+        report.put(f"{key}_train_time_ours_s", round(times["ours"]["wall_s"], 4))
+        report.put(f"{key}_train_time_vqpytorch_s", round(times["theirs"]["wall_s"], 4))
+        report.put(f"{key}_peak_memory_ours_mib", mem_ours)
+        report.put(f"{key}_peak_memory_vqpytorch_mib", mem_theirs)
+        if mem_ours is not None and mem_theirs:
+            report.put(f"{key}_memory_ratio_vs_vqpytorch", float(f"{mem_ours / mem_theirs:.3g}"),
+                       f"{key} train peak memory: ours {mem_ours:.1f} MiB, theirs {mem_theirs:.1f} MiB -> "
+                       f"ratio {mem_ours / mem_theirs:.2g}")
+    ours.eval(), theirs.eval()
+    if sync is not None:  # training moved learned codebooks apart: make them identical again
+        sync()
+    times = interleaved_times({"ours": lookup_ours, "theirs": lookup_theirs}, reps)
+    speedup = times["theirs"]["wall_s"] / times["ours"]["wall_s"]
+    agree = (lookup_ours().reshape(-1) == theirs_ids_flat(lookup_theirs())).double().mean().item()
+    report.put(f"{key}_lookup_speedup_vs_vqpytorch", round(speedup, 2),
+               f"{key} eval lookup: ours {times['ours']['wall_s'] * 1e3:.1f} ms, theirs "
+               f"{times['theirs']['wall_s'] * 1e3:.1f} ms -> {speedup:.2f}x; identical ids {100 * agree:.2f}%")
+    report.put(f"{key}_id_agreement_vs_vqpytorch", agree)
+
+
+def theirs_ids_flat(ids: torch.Tensor) -> torch.Tensor:
+    return ids.reshape(-1).long()
+
+
+def bench_families(report: Report, reps: int) -> None:
+    report.section(f"quantizer families against vector-quantize-pytorch, N={QUANT_N} vectors")
+    try:
+        import vector_quantize_pytorch as vqp
+    except ImportError as err:
+        _missing(report, "quantizer family benchmark", err)
+        return
+    torch.manual_seed(0)
+    batch, side = QUANT_N // 1024, 32
+
+    def inputs(dim: int, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(batch, side * side, dim) * scale  # theirs: (B, N, D)
+        return x.transpose(1, 2).reshape(batch, dim, side, side).contiguous(), x  # ours: (B, D, h, w)
+
+    # FSQ, fsq-f8's levels; no auxiliary loss in either.
+    z, x = inputs(4, 2.0)
+    _compare_family(report, "fsq", reps, FiniteScalarQuantizer(FSQConfig(levels=(8, 8, 8, 8)), 4),
+                    vqp.FSQ(levels=[8, 8, 8, 8]), z, x,
+                    lambda o, zi: o.quantized.square().mean() + o.loss,
+                    lambda o, xi: o[0].square().mean(), lambda o: o[1])
+
+    # LFQ at 12 bits with the entropy penalty (weight 0.1, gamma 1, T = 0.01) and commitment 0.25 in both.
+    z, x = inputs(12)
+    ours = LookupFreeQuantizer(LFQConfig(entropy_group_bits=12), 12)
+    theirs = vqp.LFQ(dim=12, codebook_size=2**12, entropy_loss_weight=0.1, commitment_loss_weight=0.25,
+                     diversity_gamma=1.0)
+    _compare_family(report, "lfq", reps, ours, theirs, z, x,
+                    lambda o, zi: o.quantized.square().mean() + o.loss,
+                    lambda o, xi: o[0].square().mean() + o[2], lambda o: o[1])
+    # LFQ at 18 bits (lfq-f16): eval lookup only (their training forward needs (N, 2^18) fp32 = 16 GiB).
+    z, x = inputs(18)
+    _compare_family(report, "lfq18", reps, LookupFreeQuantizer(LFQConfig(), 18),
+                    vqp.LFQ(dim=18, codebook_size=2**18), z, x, None, None, lambda o: o[1], train=False)
+    print(f"  lfq18 training: ours uses 2 groups of 9 bits, (N, 512) per group; vector-quantize-pytorch forms "
+          f"(N, 2^18) fp32 = {QUANT_N * 2**18 * 4 / 2**30:.0f} GiB: not run")
+
+    # Residual VQ, rvq-f16's sizes: 4 depths of 4096 Euclidean 16-dim codes, EMA updates, commitment 0.25.
+    z, x = inputs(16)
+    codebook = VectorQuantizerConfig(codebook_size=4096, l2_normalize=False, use_ema=True, ema_decay=0.99,
+                                     commitment_beta=0.25)
+    ours = ResidualVectorQuantizer(ResidualVQConfig(num_depths=4, codebook=codebook), 16)
+    theirs = vqp.ResidualVQ(dim=16, num_quantizers=4, codebook_size=4096, decay=0.99, commitment_weight=0.25)
+
+    @torch.no_grad()
+    def sync() -> None:
+        for k, layer in enumerate(theirs.layers):  # the identical codebooks, (K, E) each
+            ours.layer(k).codebook.copy_(layer._codebook.embed[0])
+
+    sync()
+    _compare_family(report, "rvq", reps, ours, theirs, z, x,
+                    lambda o, zi: o.quantized.square().mean() + o.loss,
+                    lambda o, xi: o[0].square().mean() + o[2].sum(), lambda o: o[1], sync=sync)
 
 
 # --- 3. autoencoders against diffusers ------------------------------------------------------------
@@ -424,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="tokenizer for the fast-path and memory sections (default: bundled)")
     p.add_argument("--photos", type=Path, default=Path("/work/shared/data/kodak24"),
                    help="real photos for the fast-path id agreement")
-    p.add_argument("--only", nargs="*", choices=["peak", "quantizer", "autoencoders", "fast", "large"],
+    p.add_argument("--only", nargs="*", choices=["peak", "quantizer", "families", "autoencoders", "fast", "large"],
                    help="run only these sections")
     args = p.parse_args(argv)
     if args.threads:
@@ -435,12 +551,14 @@ def main(argv: list[str] | None = None) -> int:
                             "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
                             "repetitions": reps})
     print(f"imgtok benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, quick={args.quick}")
-    sections = args.only or ["peak", "quantizer", "autoencoders", "fast", "large"]
+    sections = args.only or ["peak", "quantizer", "families", "autoencoders", "fast", "large"]
     started = time.time()
     if "peak" in sections:
         bench_peak(report, reps)
     if "quantizer" in sections:
         bench_quantizer(report, reps)
+    if "families" in sections:
+        bench_families(report, reps)
     if "autoencoders" in sections:
         bench_autoencoders(report, 1 if args.quick else 3, args.quick)
     if "fast" in sections:

@@ -7,7 +7,7 @@ VAE). For every image: PSNR (RGB, 8-bit), SSIM, MS-SSIM (``tokenizer.metrics``) 
 (``tokenizer.perceptual``: LPIPS, or shift-tolerant LPIPS offline, its name recorded) and the mean CIEDE2000
 colour difference ``delta_e00`` (``tokenizer.colour``: hue and saturation drift that PSNR hardly sees) of
 
-- the model's reconstruction; rate: tokenizers tokens x log2(vocab) / pixels; a VAE's latents are
+- the model's reconstruction; rate: tokenizers ids x log2(vocab) / pixels (all depths); a VAE's latents are
   quantised to ``--latent-bits`` (default 8) per value, uniformly between each channel's min and max in
   that image, and those bounds (2 fp32 per channel) are counted too; the metrics are those of the decoded
   *quantised* latents, so rate and quality belong together;
@@ -49,7 +49,7 @@ from tokenizer.checkpoints import WeightsError
 from tokenizer.colour import colour_difference, is_grayscale, to_gray
 from tokenizer.config import ConfigError
 from tokenizer.image_io import ImageError, read_image, to_pil
-from tokenizer.metrics import CodebookHistogram, psnr, structural_similarity
+from tokenizer.metrics import CodebookHistogram, bits_per_pixel, psnr, structural_similarity
 
 # Quality ranges searched at the budget and sampled for the rate-distortion curves.
 JPEG_QUALITIES = (1, 95)
@@ -225,9 +225,11 @@ def run_model(model, image: torch.Tensor, latent_bits: int) -> ModelResult:
     # A gray image comes back gray, as from ``reconstruct`` (the ids or latents are the same either way).
     gray = to_gray if is_grayscale(image) else (lambda x: x)
     if isinstance(model, ImageTokenizer):
-        ids = model.encode(image)  # (h, w)
+        ids = model.encode(image)  # (h, w), or (h, w, depth) for residual VQ
         recon = gray(model.decode(ids, size=(height, width)))
-        return ModelResult(recon.cpu(), model.bits_per_pixel(height, width), ids.cpu())
+        # The actual rate: every id the image was coded into (all depths), log2(vocab) bits each.
+        bpp = bits_per_pixel(ids.numel(), model.vocab_size, height * width)
+        return ModelResult(recon.cpu(), bpp, ids.cpu())
     z = model.encode(image)  # (C, h, w)
     zq, bits = quantize_latents(z, latent_bits)
     recon = gray(model.decode(zq, size=(height, width)))
@@ -256,7 +258,8 @@ def describe_model(model) -> dict:
         "config": cfg.to_dict(),
     }
     if isinstance(model, ImageTokenizer):
-        info.update(vocab_size=model.vocab_size, bits_per_token=model.bits_per_token)
+        info.update(vocab_size=model.vocab_size, bits_per_token=model.bits_per_token, depth=model.depth,
+                    quantizer=cfg.quantizer.kind)
     else:
         info["latent_channels"] = model.latent_channels
     return info

@@ -1,7 +1,8 @@
 """The API users call: ``ImageTokenizer`` (image <-> integer ids), ``ImageVAE`` and ``ImageAE`` (image <-> latents).
 
 One shape rule for both: a single image in gives a single grid out ((h, w), or (C, h, w) for the VAE);
-a 4-D batch (B, C, H, W) gives (B, h, w) ((B, C, h, w)); a list gives a list. ``decode`` mirrors it.
+a 4-D batch (B, C, H, W) gives (B, h, w) ((B, C, h, w)); a list gives a list. ``decode`` mirrors it. A tokenizer with ``depth`` > 1 (residual VQ) adds a last axis of
+``depth`` ids, (h, w, depth) and (B, h, w, depth): its depth is what tells one deep grid from a batch.
 Sizes that are not a multiple of f are edge-padded on encode; ``reconstruct`` crops back.
 
 Axis letters: B batch, H/W image size, h/w grid (ceil(H/f), ceil(W/f)), C latent channels.
@@ -305,12 +306,25 @@ class ImageTokenizer(_ImageModel):
         return self.model.vocab_size
 
     @property
+    def depth(self) -> int:
+        """Ids per grid position: the residual depths of an RVQ tokenizer, else 1. Grids of a tokenizer with
+        depth > 1 have a last axis of ``depth`` ids: (h, w, depth) for one image, (B, h, w, depth) for a batch."""
+        return self.model.depth
+
+    @property
     def bits_per_token(self) -> float:
+        """log2(vocab_size): the bits of one id (one depth)."""
         return math.log2(self.vocab_size)
+
+    @property
+    def grid_ndim(self) -> int:
+        """Dimensions of one image's ids: 2 for (h, w), 3 for (h, w, depth)."""
+        return 2 if self.depth == 1 else 3
 
     @torch.no_grad()
     def encode(self, image: Any) -> torch.Tensor | list[torch.Tensor]:
-        """Image(s) -> long ids: (h, w) for one image, (B, h, w) for a batch, a list for a list."""
+        """Image(s) -> long ids: (h, w) for one image, (B, h, w) for a batch, a list for a list
+        ((h, w, depth) and (B, h, w, depth) when ``depth`` > 1)."""
         return self._encode_images(image, self.model.encode_ids)
 
     @torch.no_grad()
@@ -332,7 +346,7 @@ class ImageTokenizer(_ImageModel):
         if isinstance(ids, np.ndarray):
             if ids.dtype.kind not in "iu":
                 raise TypeError(f"{what}: ids have dtype {ids.dtype}; expected an integer dtype")
-            if ids.ndim in (2, 3) and ids.size:
+            if ids.ndim in (self.grid_ndim, self.grid_ndim + 1) and ids.size:
                 high = int(ids.max())  # a Python int: exact for uint64
                 if high >= self.vocab_size:
                     raise ValueError(f"{what}: id {high} is outside the vocabulary [0, {self.vocab_size})")
@@ -342,8 +356,13 @@ class ImageTokenizer(_ImageModel):
             raise TypeError(f"{what}: expected a tensor or numpy array of integer ids, got {type(ids).__name__}")
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             raise TypeError(f"{what}: ids have dtype {ids.dtype}; expected an integer dtype")
-        if ids.ndim not in (2, 3) or ids.numel() == 0:  # empty: min()/max() below would fail
-            raise ValueError(f"{what}: ids of shape {tuple(ids.shape)}; expected (h, w) or (B, h, w)")
+        grid = self.grid_ndim
+        if ids.ndim not in (grid, grid + 1) or ids.numel() == 0 or (grid == 3 and ids.shape[-1] != self.depth):
+            # empty: min()/max() below would fail
+            single = "(h, w)" if grid == 2 else f"(h, w, {self.depth})"
+            batch = "(B, h, w)" if grid == 2 else f"(B, h, w, {self.depth})"
+            why = f" (this tokenizer has depth {self.depth}: one id per residual depth, last)" if grid == 3 else ""
+            raise ValueError(f"{what}: ids of shape {tuple(ids.shape)}; expected {single} or {batch}{why}")
         ids = ids.long()
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= self.vocab_size:
@@ -354,6 +373,7 @@ class ImageTokenizer(_ImageModel):
     @torch.no_grad()
     def decode(self, ids: Any, size: Size | Sequence[Size] | None = None):
         """Ids -> images in [0, 1]: (h, w) -> (3, H, W); (B, h, w) -> (B, 3, H, W); list -> list.
+        With ``depth`` > 1: (h, w, depth) -> (3, H, W); (B, h, w, depth) -> (B, 3, H, W).
 
         Args:
             ids: integer ids in [0, vocab_size).
@@ -363,9 +383,9 @@ class ImageTokenizer(_ImageModel):
             sizes = self._split_sizes(size, len(ids))
             return [self.decode(item, s) for item, s in zip(ids, sizes)]
         ids = self._check_ids(ids, "decode")
-        size = self._checked_size(size, tuple(ids.shape[-2:]))
-        single = ids.ndim == 2
-        batch = ids[None] if single else ids  # (B, h, w)
+        single = ids.ndim == self.grid_ndim
+        batch = ids[None] if single else ids  # (B, h, w) or (B, h, w, depth)
+        size = self._checked_size(size, tuple(batch.shape[1:3]))
         with self._inference_context():
             outs = [
                 self._to_image(self.model.decode_ids(batch[s : s + self.max_batch].to(self.device)), size)
@@ -375,9 +395,11 @@ class ImageTokenizer(_ImageModel):
         return out[0] if single else out
 
     def bits_per_pixel(self, height: int, width: int) -> float:
-        """tokens x log2(vocab) / pixels, with the grid of an H x W image."""
+        """positions x depth x log2(vocab) / pixels, with the grid of an H x W image (every depth counts)."""
+        from .metrics import bits_per_pixel
+
         h, w = self.grid_size(height, width)
-        return h * w * self.bits_per_token / (height * width)
+        return bits_per_pixel(h * w * self.depth, self.vocab_size, height * width)
 
 
 class _LatentModel(_ImageModel):

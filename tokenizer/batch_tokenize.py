@@ -171,6 +171,7 @@ def _model_record(tok: ImageTokenizer, config: TokenizeConfig) -> dict[str, Any]
         "model_type": tok.config.model_type,
         "downsample_factor": tok.downsample_factor,
         "vocab_size": tok.vocab_size,
+        "depth": tok.depth,
     }
 
 
@@ -280,7 +281,7 @@ class _ShardWriter:
     @torch.no_grad()
     def _encode(self, bucket: list[tuple[int, torch.Tensor]]) -> None:
         batch = torch.stack([pixels for _, pixels in bucket])  # (B, 3, H, W) in [0, 1]
-        ids = self.tok.encode_pixels(batch).cpu().numpy().astype(self.dtype)  # (B, h, w), as tok.encode gives
+        ids = self.tok.encode_pixels(batch).cpu().numpy().astype(self.dtype)  # (B, h, w) or (B, h, w, depth), as tok.encode gives
         for (index, _), grid in zip(bucket, ids):
             self.ids[index] = grid
         bucket.clear()

@@ -30,8 +30,9 @@ def cmd_encode(args) -> int:
     ids = tok.encode(args.image).cpu()
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
     np.save(args.output, ids.numpy().astype(dtype))
-    h, w = ids.shape
-    print(f"{args.image}: grid {h}x{w} = {h * w} tokens, vocab {tok.vocab_size} -> {args.output}")
+    h, w = ids.shape[:2]
+    deep = f"x{tok.depth} (depths)" if tok.depth > 1 else ""
+    print(f"{args.image}: grid {h}x{w}{deep} = {ids.numel()} tokens, vocab {tok.vocab_size} -> {args.output}")
     return 0
 
 
@@ -43,9 +44,10 @@ def cmd_decode(args) -> int:
         ids = np.load(args.ids, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise SystemExit(f"imgtok decode: {args.ids}: not a readable .npy array of ids ({err})")
-    if ids.ndim != 2:
-        raise ValueError(f"{args.ids}: ids of shape {ids.shape}; imgtok decode takes one (h, w) grid "
-                         "(decode a batch with ImageTokenizer.decode)")
+    grid = "(h, w)" if tok.depth == 1 else f"(h, w, {tok.depth})"
+    if ids.ndim != (2 if tok.depth == 1 else 3):  # the model's depth tells one deep grid from a batch
+        raise ValueError(f"{args.ids}: ids of shape {ids.shape}; imgtok decode takes one {grid} grid for this "
+                         "model (decode a batch with ImageTokenizer.decode)")
     size = tuple(args.size) if args.size else None
     try:  # the API checks dtype (float ids are refused, never cast), range and size
         image = tok.decode(ids, size=size)
@@ -69,7 +71,8 @@ def cmd_reconstruct(args) -> int:
     h, w = model.grid_size(height, width)
     if isinstance(model, ImageTokenizer):
         bpp = model.bits_per_pixel(height, width)
-        what = f"grid {h}x{w} tokens (vocab {model.vocab_size}), {bpp:.4f} bits per pixel"
+        deep = f"x{model.depth} (depths)" if model.depth > 1 else ""
+        what = f"grid {h}x{w}{deep} tokens (vocab {model.vocab_size}), {bpp:.4f} bits per pixel"
     else:
         what = f"latent {model.latent_channels}x{h}x{w} (continuous)"
     print(f"{args.image}: {width}x{height}, {what}, PSNR {float(psnr(image, recon)):.2f} dB -> {args.output}")
@@ -92,7 +95,9 @@ def cmd_info(args) -> int:
     if isinstance(model, ImageTokenizer):
         info["vocab_size"] = model.vocab_size
         info["bits_per_token"] = model.bits_per_token
-        info["bits_per_pixel"] = model.bits_per_token / cfg.downsample_factor**2
+        info["depth"] = model.depth
+        info["quantizer"] = cfg.quantizer.kind
+        info["bits_per_pixel"] = model.depth * model.bits_per_token / cfg.downsample_factor**2
     print(json.dumps(info, indent=2))
     return 0
 

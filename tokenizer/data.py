@@ -6,7 +6,7 @@ Two views of one output folder:
     from tokenizer.data import TokenShardDataset, TokenShardIterable, collate_tokens
 
     ds = TokenShardDataset("tokens/")          # map-style: random access
-    item = ds[0]                               # TokenItem: ids (h, w) long, key, original size, ...
+    item = ds[0]                               # TokenItem: ids (h, w) long ((h, w, depth) for residual VQ), key, original size, ...
     item = ds["cats/001.jpg"]                  # by key (ds.index_of(key) gives the row)
     loader = DataLoader(ds, batch_size=64, shuffle=True, collate_fn=collate_tokens)  # TokenBatch
 
@@ -37,14 +37,14 @@ from .shards import IDS_TENSOR, open_ids, read_errors, read_index, read_metadata
 
 # Index fields stored as columns; anything else in a row (tar side files "json", "txt") goes to meta.
 _COLUMNS = ("shard", "offset", "h", "w", "height", "width", "input_index")
-_FIXED = frozenset(_COLUMNS) | {"key", "source"}
+_FIXED = frozenset(_COLUMNS) | {"key", "source", "depth"}
 
 
 @dataclass
 class TokenItem:
     """One tokenized image.
 
-    ids: (h, w) torch.long grid of token ids in [0, vocab_size).
+    ids: (h, w) torch.long grid of token ids in [0, vocab_size); (h, w, depth) for a residual-VQ tokenizer.
     key: the image's key (path relative to the input folder, list-file line, or tar member key).
     index: the row in the dataset.
     shard: the shard holding the ids.
@@ -125,6 +125,7 @@ class TokenShardDataset(Dataset):
         self._shard, self._offset = columns["shard"], columns["offset"]
         self._h, self._w = columns["h"], columns["w"]
         self._height, self._width = columns["height"], columns["width"]
+        self._depth = np.array([row.get("depth", 1) for row in rows], dtype=np.int64)  # ids per position
         self.input_index = columns["input_index"]
         # Side files are rare outside tars: keep them sparse.
         self._meta: dict[int, dict[str, Any]] = {
@@ -137,6 +138,11 @@ class TokenShardDataset(Dataset):
     @property
     def vocab_size(self) -> int:
         return int(self.metadata["vocab_size"])
+
+    @property
+    def depth(self) -> int:
+        """Ids per grid position of the tokenizer that wrote the folder (residual VQ depths; else 1)."""
+        return int(self.metadata.get("model", {}).get("depth", 1))
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -196,22 +202,29 @@ class TokenShardDataset(Dataset):
             raise IndexError(f"{self.root}: row {index} out of range for {len(self)} images")
         index %= len(self)
         shard, offset = int(self._shard[index]), int(self._offset[index])
-        h, w = self.grid_shape(index)
+        n = self._tokens(index)
         ids = self._open(shard).get_slice(IDS_TENSOR)
-        if offset + h * w > ids.get_shape()[0]:
-            raise ValueError(f"{self.root}: row {index} ({self.keys[index]!r}) spans ids [{offset}, {offset + h * w}) "
+        if offset + n > ids.get_shape()[0]:
+            raise ValueError(f"{self.root}: row {index} ({self.keys[index]!r}) spans ids [{offset}, {offset + n}) "
                              f"of shard {shard}, which holds {ids.get_shape()[0]}; the shard and its index disagree")
-        return self._item(index, ids[offset : offset + h * w])  # (h*w,)
+        return self._item(index, ids[offset : offset + n])  # (h*w[*depth],)
+
+    def _tokens(self, index: int) -> int:
+        """Ids row ``index`` holds: h * w * depth."""
+        h, w = self.grid_shape(index)
+        return h * w * int(self._depth[index])
 
     def _item(self, index: int, flat: np.ndarray) -> TokenItem:
         h, w = self.grid_shape(index)
-        if flat.size != h * w:
-            raise ValueError(f"{self.root}: row {index} ({self.keys[index]!r}) needs {h * w} ids, shard "
+        n, depth = self._tokens(index), int(self._depth[index])
+        if flat.size != n:
+            raise ValueError(f"{self.root}: row {index} ({self.keys[index]!r}) needs {n} ids, shard "
                              f"{int(self._shard[index])} holds {flat.size} there; the shard and its index disagree")
         if flat.size and int(flat.max()) >= self.vocab_size:
             raise ValueError(f"{self.root}: row {index} ({self.keys[index]!r}) holds id {int(flat.max())}, outside "
                              f"the vocabulary [0, {self.vocab_size}) of metadata.json")
-        ids = torch.from_numpy(flat.astype(np.int64)).reshape(h, w)  # (h*w,) -> (h, w)
+        shape = (h, w) if depth == 1 else (h, w, depth)
+        ids = torch.from_numpy(flat.astype(np.int64)).reshape(shape)  # (h*w[*depth],) -> (h, w[, depth])
         return TokenItem(
             ids=ids, key=self.keys[index], index=index, shard=int(self._shard[index]),
             height=int(self._height[index]), width=int(self._width[index]), source=self.sources[index],
@@ -235,8 +248,7 @@ class TokenShardDataset(Dataset):
         for p in positions:
             index = part.rows[int(p)]
             offset = int(self._offset[index])
-            h, w = self.grid_shape(index)
-            yield self._item(index, part.ids[offset : offset + h * w])
+            yield self._item(index, part.ids[offset : offset + self._tokens(index)])
 
 
 def _natural(value: Any) -> bool:
@@ -258,6 +270,8 @@ def _check_rows(rows: list[Any], num_shards: int, root: Path) -> None:
             if not _natural(value) or value < low or (name == "shard" and value >= num_shards):
                 high = f"..{num_shards - 1}" if name == "shard" else " or more"
                 raise ValueError(f"{root}: index row {number}: {name!r} is {value!r}; expected an integer {low}{high}")
+        if "depth" in row and (not _natural(row["depth"]) or row["depth"] < 1):
+            raise ValueError(f"{root}: index row {number}: 'depth' is {row['depth']!r}; expected an integer 1 or more")
 
 
 class TokenShardIterable(IterableDataset):

@@ -16,6 +16,16 @@ Ids, for a text vocabulary of size V and an image vocabulary of size K:
     V + K .. V + K + 3   <|image_start|>, <|image_end|>, <|image_eol|>, <|image_pad|>
     V + K + 4 ..         (size_prefix only) <|image_size_1|> .. <|image_size_N|>, N = max_grid_side
 
+Depth and sub-tokens. A residual-VQ grid has ``depth`` ids per position, (h, w, depth); each position becomes
+``depth`` consecutive tokens, depth 0 first, positions in raster order (the RQ-Transformer order, Lee et al.
+2022). An id of b = log2(K) bits can also be split into ``subtokens`` tokens of b / subtokens bits each,
+most significant first (Open-MAGVIT2 predicts an 18-bit LFQ id as 2 x 9 bits), so that an LLM's embedding
+table needs 2 x 2^9 rows instead of 2^18. A position is then ``depth x subtokens`` tokens ("slots"). With
+``shared_vocab=False`` (default) every slot has its own id range of k = K^(1 / subtokens) ids, one after the
+other, so a token says which slot it fills; with ``shared_vocab=True`` all slots use the same k ids (one
+embedding table shared by the depths, as RQ-Transformer's). Image ids then occupy [V, V + k x slots) or
+[V, V + k), and the special tokens follow.
+
 An end-of-row token after every row (Emu3's layout) lets a sequence model see where rows break, so any
 aspect ratio survives the round trip without side information; the optional size prefix (two tokens,
 height then width, each a dedicated size token) tells a generator the grid's shape before its first code,
@@ -47,7 +57,7 @@ class Segment:
     kind: str  # "text" or "image"
     start: int  # position of the first token (the <|image_start|> of an image)
     end: int  # one past the last token (one past the <|image_end|> of an image)
-    ids: torch.Tensor  # text: (n,) text ids; image: (h, w) codes in [0, image_vocab_size)
+    ids: torch.Tensor  # text: (n,) text ids; image: (h, w) (or (h, w, depth)) codes in [0, image_vocab_size)
 
 
 def _as_long_tensor(ids: IdsLike, what: str) -> torch.Tensor:
@@ -79,6 +89,9 @@ class TokenLayout:
         eol: put an end-of-row token after every row of codes.
         size_prefix: put two size tokens (rows, then columns) right after <|image_start|>.
         max_grid_side: the largest grid side the size tokens can state (only used with ``size_prefix``).
+        depth: ids per grid position (``ImageTokenizer.depth``; residual VQ); grids are (h, w, depth) when > 1.
+        subtokens: tokens each id is split into (image_vocab_size must be 2^b with b divisible by it).
+        shared_vocab: all depth/sub-token slots share one id range instead of one range each.
 
     Example:
         >>> layout = TokenLayout(image_vocab_size=4096, text_vocab_size=32000)
@@ -92,11 +105,14 @@ class TokenLayout:
     size_prefix: bool = False
     # 256 covers a 4096 px side at f16 or 2048 px at f8; each side up to it costs one vocabulary entry.
     max_grid_side: int = 256
+    depth: int = 1
+    subtokens: int = 1
+    shared_vocab: bool = False
 
     SPECIAL_NAMES = ("<|image_start|>", "<|image_end|>", "<|image_eol|>", "<|image_pad|>")
 
     def __post_init__(self) -> None:
-        for name in ("image_vocab_size", "text_vocab_size", "max_grid_side"):
+        for name in ("image_vocab_size", "text_vocab_size", "max_grid_side", "depth", "subtokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"TokenLayout: {name} must be an int, got {type(value).__name__}")
@@ -106,6 +122,15 @@ class TokenLayout:
             raise ValueError(f"TokenLayout: text_vocab_size must be >= 0, got {self.text_vocab_size}")
         if self.max_grid_side < 1:
             raise ValueError(f"TokenLayout: max_grid_side must be >= 1, got {self.max_grid_side}")
+        if self.depth < 1 or self.subtokens < 1:
+            raise ValueError(f"TokenLayout: depth and subtokens must be >= 1, got {self.depth} and {self.subtokens}")
+        if self.subtokens > 1:
+            bits = self.image_vocab_size.bit_length() - 1
+            if self.image_vocab_size != 1 << bits or bits % self.subtokens:
+                raise ValueError(
+                    f"TokenLayout: subtokens={self.subtokens} needs image_vocab_size = 2^b with b divisible by "
+                    f"{self.subtokens}, got {self.image_vocab_size}"
+                )
         if not (self.eol or self.size_prefix):
             raise ValueError(
                 "TokenLayout: eol=False needs size_prefix=True, otherwise a grid's rows cannot be recovered"
@@ -118,8 +143,29 @@ class TokenLayout:
         return self.text_vocab_size
 
     @property
+    def slots(self) -> int:
+        """Tokens per grid position: depth x subtokens."""
+        return self.depth * self.subtokens
+
+    @property
+    def slot_vocab_size(self) -> int:
+        """Values one image token takes: image_vocab_size, or 2^(b / subtokens) for split ids."""
+        if self.subtokens == 1:
+            return self.image_vocab_size
+        return 1 << ((self.image_vocab_size.bit_length() - 1) // self.subtokens)
+
+    @property
+    def image_token_count(self) -> int:
+        """Ids the image tokens occupy: slot_vocab_size, times the slots unless ``shared_vocab``."""
+        return self.slot_vocab_size * (1 if self.shared_vocab else self.slots)
+
+    def slot_offset(self, slot: int) -> int:
+        """Id of value 0 in slot ``slot`` (0 .. slots - 1; depth-major, then sub-token)."""
+        return self.image_offset + (0 if self.shared_vocab else slot * self.slot_vocab_size)
+
+    @property
     def boi_id(self) -> int:
-        return self.text_vocab_size + self.image_vocab_size
+        return self.text_vocab_size + self.image_token_count
 
     @property
     def eoi_id(self) -> int:
@@ -166,7 +212,11 @@ class TokenLayout:
         (``hf_tok.add_tokens(layout.added_tokens(), special_tokens=True)``) gives every one the id this
         layout uses.
         """
-        return [f"<|image_{c}|>" for c in range(self.image_vocab_size)] + list(self.special_tokens)
+        if self.slots == 1 or self.shared_vocab:
+            codes = [f"<|image_{c}|>" for c in range(self.slot_vocab_size)]
+        else:
+            codes = [f"<|image_s{j}_{c}|>" for j in range(self.slots) for c in range(self.slot_vocab_size)]
+        return codes + list(self.special_tokens)
 
     def describe(self, token: int) -> str:
         """A human-readable name for an id, for error messages."""
@@ -174,7 +224,11 @@ class TokenLayout:
         if 0 <= token < self.text_vocab_size:
             return f"text token {token}"
         if self.image_offset <= token < self.boi_id:
-            return f"image code {token - self.image_offset} (id {token})"
+            if self.slots == 1:
+                return f"image code {token - self.image_offset} (id {token})"
+            value = (token - self.image_offset) % self.slot_vocab_size
+            slot = "" if self.shared_vocab else f" of slot {(token - self.image_offset) // self.slot_vocab_size}"
+            return f"image token {value}{slot} (id {token})"
         if self.boi_id <= token < self.size_offset:
             return f"{self.SPECIAL_NAMES[token - self.boi_id]} (id {token})"
         if self.size_offset <= token < self.vocab_size:
@@ -183,14 +237,17 @@ class TokenLayout:
 
     def sequence_length(self, height: int, width: int) -> int:
         """Tokens ``to_sequence`` produces for an (height, width) grid."""
-        return 2 + (2 if self.size_prefix else 0) + height * width + (height if self.eol else 0)
+        return 2 + (2 if self.size_prefix else 0) + height * width * self.slots + (height if self.eol else 0)
 
     # --- grids -> sequences ---------------------------------------------------------------------
     def _check_grid(self, ids: IdsLike, what: str) -> torch.Tensor:
         ids = _as_long_tensor(ids, what)
-        if ids.ndim not in (2, 3) or ids.shape[-1] == 0 or ids.shape[-2] == 0:
-            raise ValueError(f"{what}: ids of shape {tuple(ids.shape)}; expected a grid (h, w) or a batch (B, h, w)")
-        h, w = ids.shape[-2:]
+        grid_ndim = self.grid_ndim
+        if (ids.ndim not in (grid_ndim, grid_ndim + 1) or 0 in ids.shape
+                or (self.depth > 1 and ids.shape[-1] != self.depth)):
+            shape = "(h, w)" if self.depth == 1 else f"(h, w, {self.depth})"
+            raise ValueError(f"{what}: ids of shape {tuple(ids.shape)}; expected a grid {shape} or a batch (B, *{shape})")
+        h, w = ids.shape[-grid_ndim:][:2]
         if self.size_prefix and max(h, w) > self.max_grid_side:
             raise ValueError(
                 f"{what}: grid {h} x {w} has a side longer than max_grid_side={self.max_grid_side}; "
@@ -205,24 +262,49 @@ class TokenLayout:
             )
         return ids
 
+    @property
+    def grid_ndim(self) -> int:
+        """Dimensions of one grid: 2 for (h, w), 3 for (h, w, depth)."""
+        return 2 if self.depth == 1 else 3
+
+    def split_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids (...) -> (..., subtokens) values in [0, slot_vocab_size), most significant first."""
+        if self.subtokens == 1:
+            return ids[..., None]  # any vocabulary size, power of two or not
+        bits = (self.slot_vocab_size.bit_length() - 1)
+        shifts = torch.arange(self.subtokens - 1, -1, -1, device=ids.device) * bits  # (s,)
+        return (ids[..., None] >> shifts) & (self.slot_vocab_size - 1)
+
+    def join_ids(self, values: torch.Tensor) -> torch.Tensor:
+        """(..., subtokens) values -> ids (...); the inverse of ``split_ids``."""
+        if self.subtokens == 1:
+            return values[..., 0]
+        bits = (self.slot_vocab_size.bit_length() - 1)
+        shifts = torch.arange(self.subtokens - 1, -1, -1, device=values.device) * bits  # (s,)
+        return (values << shifts).sum(dim=-1)
+
     def to_sequence(self, ids: IdsLike) -> torch.Tensor:
         """A grid of image codes -> its flat token sequence (same device as ``ids``).
 
         Args:
-            ids: integer codes in [0, image_vocab_size), shape (h, w); a batch (B, h, w) gives (B, L).
+            ids: integer codes in [0, image_vocab_size), shape (h, w) ((h, w, depth) with depth > 1); a batch
+                (B, h, w) gives (B, L).
 
         Returns:
             torch.long (L,) with L = ``sequence_length(h, w)`` (or (B, L) for a batch).
         """
         ids = self._check_grid(ids, "to_sequence")
-        single = ids.ndim == 2
-        grid = ids[None] if single else ids  # (B, h, w)
-        batch, h, w = grid.shape
-        codes = grid + self.image_offset  # (B, h, w) ids in [V, V + K)
+        single = ids.ndim == self.grid_ndim
+        grid = ids[None] if single else ids  # (B, h, w) or (B, h, w, R)
+        batch, h, w = grid.shape[:3]
+        grid = grid.reshape(batch, h, w, self.depth)  # (B, h, w, R)
+        values = self.split_ids(grid).reshape(batch, h, w, self.slots)  # (B, h, w, R * s), depth-major
+        offsets = torch.tensor([self.slot_offset(j) for j in range(self.slots)], device=grid.device)  # (S,)
+        codes = (values + offsets).reshape(batch, h, w * self.slots)  # (B, h, w * S) ids
         if self.eol:
             eol = codes.new_full((batch, h, 1), self.eol_id)
-            codes = torch.cat([codes, eol], dim=2)  # (B, h, w + 1)
-        body = codes.reshape(batch, -1)  # (B, h * (w [+ 1])), raster order
+            codes = torch.cat([codes, eol], dim=2)  # (B, h, w * S + 1)
+        body = codes.reshape(batch, -1)  # (B, h * (w * S [+ 1])), raster order
         prefix = [self.boi_id] + ([self.size_id(h), self.size_id(w)] if self.size_prefix else [])
         head = torch.tensor(prefix, dtype=torch.long, device=codes.device).expand(batch, -1)  # (B, 1 or 3)
         tail = codes.new_full((batch, 1), self.eoi_id)  # (B, 1)
@@ -233,7 +315,8 @@ class TokenLayout:
         """Text token runs (1-D) and image grids (2-D) -> one flat sequence, in the order given.
 
         Args:
-            parts: each a 1-D run of text ids in [0, text_vocab_size) or a 2-D (h, w) grid of image codes.
+            parts: each a 1-D run of text ids in [0, text_vocab_size) or one (h, w) grid of image codes
+                ((h, w, depth) with depth > 1).
         """
         pieces = []
         for i, part in enumerate(parts):
@@ -247,11 +330,12 @@ class TokenLayout:
                         f"vocabulary [0, {self.text_vocab_size})"
                     )
                 pieces.append(t.cpu())
-            elif t.ndim == 2:
+            elif t.ndim == self.grid_ndim:
                 pieces.append(self.to_sequence(t).cpu())
             else:
+                shape = "2-D (h, w)" if self.depth == 1 else f"3-D (h, w, {self.depth})"
                 raise ValueError(
-                    f"interleave: part {i} has shape {tuple(t.shape)}; expected 1-D text ids or a 2-D (h, w) grid"
+                    f"interleave: part {i} has shape {tuple(t.shape)}; expected 1-D text ids or a {shape} grid"
                 )
         return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
 
@@ -307,7 +391,8 @@ class TokenLayout:
         return segments
 
     def from_sequence(self, seq: IdsLike) -> list[torch.Tensor]:
-        """Every image in a sequence (text tokens around them allowed), as (h, w) codes in [0, image_vocab_size).
+        """Every image in a sequence (text tokens around them allowed), as (h, w) codes in [0, image_vocab_size)
+        ((h, w, depth) with depth > 1).
 
         Args:
             seq: a 1-D sequence from ``to_sequence``/``interleave`` (or a model), padding allowed at the ends.
@@ -356,13 +441,15 @@ class TokenLayout:
                 f"expected {expected}"
             )
 
+        slots = self.slots
         if not self.eol:
-            if body.numel() != height * width:
+            if body.numel() != height * width * slots:
                 raise SequenceError(
                     f"position {start}: the image that starts here has {body.numel()} codes; its size prefix "
-                    f"says {height} x {width} = {height * width}"
+                    f"says {height} x {width}" + (f" x {slots} tokens" if slots > 1 else "")
+                    + f" = {height * width * slots}"
                 )
-            return (body - self.image_offset).reshape(height, width)  # (h * w,) -> (h, w)
+            return self._grid_from_tokens(body.reshape(height, width, slots), seq, body_at, start)
 
         row_ends = is_eol.nonzero().flatten()  # positions of <|image_eol|> within body
         if row_ends.numel() == 0 or int(row_ends[-1]) != body.numel() - 1:
@@ -372,7 +459,13 @@ class TokenLayout:
             )
         row_starts = torch.cat([row_ends.new_zeros(1), row_ends[:-1] + 1])
         lengths = row_ends - row_starts  # (rows,)
-        expected_width = width if width is not None else int(lengths[0])
+        row_tokens = width * slots if width is not None else int(lengths[0])
+        if row_tokens % slots:
+            raise SequenceError(
+                f"position {body_at}: row 0 of the image that starts at position {start} has {row_tokens} tokens, "
+                f"not a multiple of the {slots} tokens per position"
+            )
+        expected_width = row_tokens
         wrong = (lengths != expected_width) | (lengths == 0)
         if wrong.any():
             r = int(wrong.nonzero()[0])
@@ -387,8 +480,25 @@ class TokenLayout:
             raise SequenceError(
                 f"position {start}: the image that starts here has {rows} rows; its size prefix says {height}"
             )
-        codes = body[~is_eol] - self.image_offset  # (rows * w,)
-        return codes.reshape(rows, expected_width)  # (h, w)
+        tokens = body[~is_eol].reshape(rows, expected_width // slots, slots)  # (h, w, S)
+        return self._grid_from_tokens(tokens, seq, body_at, start)
+
+    def _grid_from_tokens(self, tokens: torch.Tensor, seq: torch.Tensor, body_at: int, start: int) -> torch.Tensor:
+        """(h, w, S) image token ids -> (h, w) or (h, w, depth) codes, checking each token fills its own slot."""
+        h, w, slots = tokens.shape
+        offsets = torch.tensor([self.slot_offset(j) for j in range(slots)])  # (S,)
+        values = tokens - offsets  # (h, w, S)
+        bad = (values < 0) | (values >= self.slot_vocab_size)
+        if bad.any():
+            # Position in the sequence: find the offending token among the body's image tokens.
+            r, c, j = (int(i) for i in bad.nonzero()[0])
+            p = body_at + r * (w * slots + (1 if self.eol else 0)) + c * slots + j
+            raise SequenceError(
+                f"position {p}: {self.describe(seq[p])} in slot {j} of the image that starts at position {start}; "
+                f"slot {j} takes ids [{self.slot_offset(j)}, {self.slot_offset(j) + self.slot_vocab_size})"
+            )
+        ids = self.join_ids(values.reshape(h, w, self.depth, self.subtokens))  # (h, w, R)
+        return ids[..., 0] if self.depth == 1 else ids
 
     # --- batching -------------------------------------------------------------------------------
     def collate(

@@ -5,8 +5,10 @@ An output folder::
     metadata.json                  model (path or repo id, revision, sha256), preprocessing (with its
                                    version), dtype, shard size
     shard-000000.safetensors       "ids": 1-D uint16 (int32 if vocab > 65536), the flattened grids end to end
+                                   ((h, w) row-major; (h, w, depth) with the depth fastest for residual VQ)
     shard-000000.errors.jsonl      one row per input of the shard that failed, with the reason
     shard-000000.index.jsonl       one row per image: key, source, shard, offset (tokens), h, w, original size
+                                   (and depth, when the tokenizer has more than one id per position)
     index.jsonl, errors.jsonl      every shard's rows in order, written once all shards exist (the merge)
 
 A shard is committed by renaming its index file into place after its safetensors and errors files (each
@@ -35,7 +37,7 @@ ERRORS_NAME = "errors.jsonl"
 IDS_TENSOR = "ids"
 SHARD_SUFFIXES = (".safetensors", ".errors.jsonl", ".index.jsonl")  # the index last: it commits the shard
 # Index rows' fixed fields, in their order in the files (byte-stable); side-file fields follow.
-ROW_FIELDS = ("key", "source", "shard", "offset", "h", "w", "height", "width", "input_index")
+ROW_FIELDS = ("key", "source", "shard", "offset", "h", "w", "depth", "height", "width", "input_index")
 
 
 def shard_name(shard: int) -> str:
@@ -100,7 +102,7 @@ def remove_stale_temporaries(out: Path, owned: Callable[[int], bool]) -> None:
 
 
 def _ordered_row(row: dict[str, Any]) -> dict[str, Any]:
-    ordered = {k: row[k] for k in ROW_FIELDS}
+    ordered = {k: row[k] for k in ROW_FIELDS if k in row}  # "depth" only for residual VQ
     ordered.update((k, v) for k, v in row.items() if k not in ordered)
     return ordered
 
@@ -111,7 +113,7 @@ def write_shard(out: Path, shard: int, rows: list[dict[str, Any]], grids: list[n
 
     Args:
         rows: one index row per image, in input order (without ``offset``, ``h``, ``w``: filled in here).
-        grids: the images' (h, w) id grids, in the same order.
+        grids: the images' (h, w) id grids ((h, w, depth) for residual VQ), in the same order.
         errors: one row per failed input.
         dtype: ``ids_dtype(vocab_size)``.
     """
@@ -119,10 +121,11 @@ def write_shard(out: Path, shard: int, rows: list[dict[str, Any]], grids: list[n
 
     offset, flat, lines = 0, [], []
     for row, grid in zip(rows, grids):
-        h, w = grid.shape
-        lines.append(json_line(_ordered_row({**row, "offset": offset, "h": h, "w": w})))
-        flat.append(grid.reshape(-1).astype(dtype))  # (h, w) -> (h*w,), row-major
-        offset += h * w
+        h, w = grid.shape[:2]
+        depth = {"depth": grid.shape[2]} if grid.ndim == 3 else {}
+        lines.append(json_line(_ordered_row({**row, "offset": offset, "h": h, "w": w, **depth})))
+        flat.append(grid.reshape(-1).astype(dtype))  # (h, w[, depth]) -> (h*w[*depth],), row-major
+        offset += grid.size
     ids = np.concatenate(flat) if flat else np.zeros(0, dtype=dtype)
     name = shard_name(shard)
     # One metadata key: safetensors writes its metadata map in hash order, which varies between processes.
