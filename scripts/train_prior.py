@@ -165,7 +165,10 @@ def sample_only(args: argparse.Namespace) -> int:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     grids = sample_grids(model, layout, args.num_samples, h, w, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, generator=generator)
-    paths = write_samples(grids.cpu(), args.tokenizer or config["tokenizer"], args.out, device)
+    tokenizer = args.tokenizer or config.get("tokenizer")
+    if not tokenizer:
+        raise SystemExit(f"{args.sample_from}: names no tokenizer (the shards' metadata named none); pass --tokenizer")
+    paths = write_samples(grids.cpu(), tokenizer, args.out, device)
     print(f"[prior] {len(paths)} samples of {h} x {w} codes in {args.out}", flush=True)
     return 0
 

@@ -53,5 +53,5 @@ def test_quick_start_command(tmp_path, capsys):
     out = tmp_path / "recon.png"
     assert cli_main(["reconstruct", str(EXAMPLE), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "grid 36x48" in printed and "bits per pixel" in printed and "PSNR" in printed
+    assert "grid 36 x 48" in printed and "bits per pixel" in printed and "PSNR" in printed
     assert read_image(out).shape == (3, 288, 384)

@@ -10,6 +10,7 @@ Axis letters: B batch, H/W image size, h/w grid (ceil(H/f), ceil(W/f)), C latent
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 from pathlib import Path
@@ -31,6 +32,7 @@ from .models import AEModel, KLModel, VQModel, build_model
 from .model_card import ModelCardInfo, render_model_card
 from .presets import get_preset
 from .pretrained import load_checkpoint
+from .shipped import ModelIdentity, identify, resolve_shipped
 
 Size = tuple[int, int]
 
@@ -43,6 +45,12 @@ class _ImageModel(nn.Module):
     max_batch: int = 16
     # Fast inference (bf16 autocast, channels-last, compile); None = plain fp32. See optimize_for_inference.
     inference: InferenceOptions | None = None
+    # Where the weights came from (set by from_pretrained): the name as given (shipped models by their name),
+    # the folder and weights file read, the Hub revision asked for.
+    source: str = "in-memory"
+    folder: Path | None = None
+    weights_file: Path | None = None
+    revision: str | None = None
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -87,14 +95,34 @@ class _ImageModel(nn.Module):
         """
         options = HubOptions(revision, subfolder, cache_dir, token, local_files_only)
         return cls._from_checkpoint(load_checkpoint(name_or_path, options, cls.model_type), name_or_path,
-                                    device, dtype)
+                                    device, dtype, revision)
 
     @classmethod
-    def _from_checkpoint(cls, checkpoint, name_or_path, device, dtype):
+    def _from_checkpoint(cls, checkpoint, name_or_path, device, dtype, revision=None):
         wrapper = cls(build(checkpoint))
-        wrapper.source = str(name_or_path) if name_or_path is not None else "bundled"
+        shipped = resolve_shipped(name_or_path, cls.model_type)
+        wrapper.source = shipped.name if shipped is not None else str(name_or_path)  # one naming: tokenizer/shipped.py
         wrapper.folder = Path(checkpoint.source).parent  # the folder the weights were read from
+        wrapper.weights_file = Path(checkpoint.source)
+        wrapper.revision = revision
         return wrapper.to(device=device, dtype=dtype)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """Which weights these are: name (``imgtok-vq-f8`` for the shipped ones, else the path or repo id it was
+        loaded from), version and sha256 of the weights. Files written with the model record it."""
+        cached = self.__dict__.get("_identity")
+        if cached is None:
+            if self.weights_file is not None and self.weights_file.is_file():
+                cached = identify(self.source, self.weights_file, self.model_type, self.revision)
+            else:  # built in memory: the sha256 of the file save_pretrained would write
+                from safetensors.torch import save as save_bytes
+
+                state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+                digest = hashlib.sha256(save_bytes(state, metadata={"format": "pt"})).hexdigest()
+                cached = ModelIdentity(self.source, None, digest)
+            self.__dict__["_identity"] = cached
+        return cached
 
     def to(self, *args, **kwargs):
         out = super().to(*args, **kwargs)
@@ -509,7 +537,7 @@ def load_any(name_or_path: str | Path | None = None, device: str | torch.device 
     """
     checkpoint = load_checkpoint(name_or_path, HubOptions(**hub_options), None if name_or_path else "vq")
     cls = API_CLASSES[checkpoint.config.model_type]
-    return cls._from_checkpoint(checkpoint, name_or_path, device, dtype)
+    return cls._from_checkpoint(checkpoint, name_or_path, device, dtype, hub_options.get("revision"))
 
 
 def _is_int(value: Any) -> bool:

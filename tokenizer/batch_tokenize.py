@@ -21,7 +21,6 @@ Axis letters: B batch, H/W image size, h/w grid (ceil(H/f), ceil(W/f)).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -39,7 +38,6 @@ from tqdm.auto import tqdm  # installed with huggingface_hub, a core dependency
 
 from . import run_lock
 from .api import ImageTokenizer
-from .checkpoints import WEIGHTS_NAME, sha256_of
 from .image_io import MAX_PIXELS, ImageError
 from .inputs import IMAGE_SUFFIXES, InputItem, InputSpec, Preprocess, iter_items, iter_sources, resolve_input
 from .shards import (
@@ -151,23 +149,16 @@ def _device(config: TokenizeConfig) -> torch.device:
 
 
 def _model_record(tok: ImageTokenizer, config: TokenizeConfig) -> dict[str, Any]:
-    """Which weights made the ids: name or path, revision, sha256 of model.safetensors."""
-    from safetensors.torch import save as save_bytes
-
-    folder = getattr(tok, "folder", None)
-    if folder is not None and (Path(folder) / WEIGHTS_NAME).is_file():
-        sha = sha256_of(Path(folder) / WEIGHTS_NAME)
-        name = config.model if config.model is not None else getattr(tok, "source", "bundled")
-    else:
-        # A tokenizer built in memory: hash its weights as save_pretrained would write them.
-        state = {k: v.detach().contiguous().cpu() for k, v in tok.model.state_dict().items()}
-        # One metadata key: safetensors writes its metadata map in hash order (two keys: bytes vary per call).
-        sha = hashlib.sha256(save_bytes(state, metadata={"format": "pt"})).hexdigest()
-        name = config.model if config.model is not None else "in-memory"
+    """Which weights made the ids: name (the shipped models by their name, tokenizer/shipped.py), version,
+    sha256 of the weights, and the name or path as given."""
+    identity = tok.identity.to_dict()
+    if config.model is not None and identity["name"] == "in-memory":  # a tokenizer passed in, named by config
+        identity["name"] = str(config.model)
+    given = config.model if config.model is not None else identity["name"]
     return {
-        "name_or_path": str(name),
+        **identity,
+        "name_or_path": str(given),
         "revision": config.revision,
-        "sha256": sha,
         "model_type": tok.config.model_type,
         "downsample_factor": tok.downsample_factor,
         "vocab_size": tok.vocab_size,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL_HELP = "model folder or Hub repo id (default: the bundled default model)"
+MODEL_HELP = ("imgtok-vq-f8 / imgtok-kl-f8 (aliases bundled / bundled-kl), a model folder or a Hub repo id "
+              "(default: imgtok-vq-f8)")
 
 
 def _load(args, kind: str | None = None):
@@ -26,35 +27,47 @@ def _load(args, kind: str | None = None):
 
 
 def cmd_encode(args) -> int:
+    from .ids_file import save_ids
+    from .image_io import read_image
+
     tok = _load(args, "vq")
-    ids = tok.encode(args.image).cpu()
-    dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
-    np.save(args.output, ids.numpy().astype(dtype))
+    image = read_image(args.image)
+    height, width = image.shape[-2:]
+    ids = tok.encode(image).cpu()
+    path = save_ids(args.output, ids.numpy(), tok.vocab_size, (height, width), tok.identity)
     h, w = ids.shape[:2]
-    deep = f"x{tok.depth} (depths)" if tok.depth > 1 else ""
-    print(f"{args.image}: grid {h}x{w}{deep} = {ids.numel()} tokens, vocab {tok.vocab_size} -> {args.output}")
+    deep = f" x {tok.depth} (depths)" if tok.depth > 1 else ""
+    print(f"{args.image}: {height} x {width} (H x W) -> grid {h} x {w}{deep} = {ids.numel()} tokens, "
+          f"vocab {tok.vocab_size}, {tok.identity.label} -> {path}")
+    if path.suffix == ".npy":
+        print(f"note: {path} holds the ids only, not the image size: decode with --size {height} {width} "
+              "(or write .npz, which keeps it)")
     return 0
 
 
 def cmd_decode(args) -> int:
+    from .ids_file import load_ids
     from .image_io import save_image
+    from .shipped import mismatch
 
     tok = _load(args, "vq")
-    try:
-        ids = np.load(args.ids, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"imgtok decode: {args.ids}: not a readable .npy array of ids ({err})")
+    data = load_ids(args.ids)
     grid = "(h, w)" if tok.depth == 1 else f"(h, w, {tok.depth})"
-    if ids.ndim != (2 if tok.depth == 1 else 3):  # the model's depth tells one deep grid from a batch
-        raise ValueError(f"{args.ids}: ids of shape {ids.shape}; imgtok decode takes one {grid} grid for this "
+    if data.ids.ndim != (2 if tok.depth == 1 else 3):  # the model's depth tells one deep grid from a batch
+        raise ValueError(f"{args.ids}: ids of shape {data.ids.shape}; imgtok decode takes one {grid} grid for this "
                          "model (decode a batch with ImageTokenizer.decode)")
-    size = tuple(args.size) if args.size else None
+    if data.model is not None and (text := mismatch(data.model, tok.identity)):
+        print(f"imgtok decode: warning: {args.ids}: {text}", file=sys.stderr)
+    size = tuple(args.size) if args.size else data.size
     try:  # the API checks dtype (float ids are refused, never cast), range and size
-        image = tok.decode(ids, size=size)
+        image = tok.decode(data.ids, size=size)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{args.ids}: {err}") from None
     save_image(image, args.output)
-    print(f"{args.ids}: grid {ids.shape[0]}x{ids.shape[1]} -> image {image.shape[2]}x{image.shape[1]} -> {args.output}")
+    h, w = data.ids.shape[:2]
+    print(f"{args.ids}: grid {h} x {w} -> image {image.shape[1]} x {image.shape[2]} (H x W) -> {args.output}")
+    if size is None:
+        print(f"note: {args.ids} holds no image size: this is the padded grid size; pass --size H W to crop")
     return 0
 
 
@@ -71,22 +84,26 @@ def cmd_reconstruct(args) -> int:
     h, w = model.grid_size(height, width)
     if isinstance(model, ImageTokenizer):
         bpp = model.bits_per_pixel(height, width)
-        deep = f"x{model.depth} (depths)" if model.depth > 1 else ""
-        what = f"grid {h}x{w}{deep} tokens (vocab {model.vocab_size}), {bpp:.4f} bits per pixel"
+        deep = f" x {model.depth} (depths)" if model.depth > 1 else ""
+        what = f"grid {h} x {w}{deep} tokens (vocab {model.vocab_size}), {bpp:.4f} bits per pixel"
     else:
-        what = f"latent {model.latent_channels}x{h}x{w} (continuous)"
-    print(f"{args.image}: {width}x{height}, {what}, PSNR {float(psnr(image, recon)):.2f} dB -> {args.output}")
+        what = f"latent {model.latent_channels} x {h} x {w} (continuous)"
+    print(f"{args.image}: {height} x {width} (H x W), {what}, PSNR {float(psnr(image, recon)):.2f} dB -> {args.output}")
     return 0
 
 
 def cmd_info(args) -> int:
     from .api import ImageTokenizer
 
+    if args.model_arg and args.model and args.model_arg != args.model:
+        raise ValueError(f"two models given ({args.model_arg!r} and --model {args.model!r}); give one")
+    args.model = args.model or args.model_arg
     model = _load(args)
     cfg = model.config
     params = sum(p.numel() for p in model.model.parameters())
     info = {
-        "source": getattr(model, "source", args.model),
+        **model.identity.to_dict(),  # name, version, sha256 of the weights
+        "source": model.source,
         "model_type": cfg.model_type,
         "downsample_factor": cfg.downsample_factor,
         "parameters": params,
@@ -111,22 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("encode", cmd_encode, "encode an image to a grid of token ids (.npy)")
+    p = add("encode", cmd_encode, "encode an image to a grid of token ids (.npz: ids, image size, model)")
     p.add_argument("image")
-    p.add_argument("-o", "--output", required=True, help="output .npy file")
-    p = add("decode", cmd_decode, "decode a .npy grid of token ids to an image")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file: .npz (ids, the image's height and width, the model) or .npy (ids only)")
+    p = add("decode", cmd_decode, "decode a grid of token ids (.npz or .npy) to an image")
     p.add_argument("ids")
     p.add_argument("-o", "--output", required=True, help="output image file")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="crop to the original size")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="height then width to crop to (default: the size stored in the .npz)")
     p = add("reconstruct", cmd_reconstruct, "encode and decode an image; print grid, bits per pixel and PSNR")
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True, help="output image file")
     p = add("info", cmd_info, "print a model's config, vocabulary and size")
-    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    p.add_argument("model_arg", nargs="?", default=None, metavar="MODEL", help=MODEL_HELP + " (or --model)")
 
     for name, p in sub.choices.items():
-        if name != "info":
-            p.add_argument("--model", default=None, help=MODEL_HELP)
+        p.add_argument("--model", default=None, help=MODEL_HELP)
         p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     for register in _EXTRA_COMMANDS:
         register(sub)

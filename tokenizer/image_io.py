@@ -89,6 +89,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.
         ImageError: the file is not a decodable image, is truncated, or exceeds ``max_pixels``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
     return _decode(path, path, max_pixels)
@@ -155,7 +157,8 @@ def _check_unit_range(t: torch.Tensor, source: Any) -> None:
     low, high = float(t.min()), float(t.max())
     if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
         hint = " (it looks like [-1, 1]; map it with (x + 1) / 2)" if low < -_RANGE_TOLERANCE else ""
-        hint = hint or (" (it looks like [0, 255]; divide by 255 or pass uint8)" if high > 1.5 else "")
+        # Only values well past 1 look like 8-bit data; [0, 2] is more likely a scaling slip than [0, 255].
+        hint = hint or (" (it looks like [0, 255]; divide by 255 or pass uint8)" if high > 2.5 else "")
         raise ImageError(
             f"{_describe(source)}: float image values span [{low:.3g}, {high:.3g}]; expected [0, 1]{hint}"
         )

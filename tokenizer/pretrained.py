@@ -43,10 +43,12 @@ from .interop.diffusers import diffusers_folder, read_diffusers_folder, to_imgto
 from .interop.llamagen import is_llamagen_layout, read_llamagen_state
 from .interop.taming import is_taming_layout, read_taming_state
 from .model_card import ModelCardInfo, render_model_card
+from .shipped import WEIGHTS_DIR, default_model, resolve_shipped
 
-# Bundled default models shipped as package data (see model_cards/ for how they were trained).
-BUNDLED_DIR = Path(__file__).parent / "weights"
-BUNDLED = {"vq": BUNDLED_DIR / "imgtok-vq-f8", "kl": BUNDLED_DIR / "imgtok-kl-f8"}
+# Bundled default models shipped as package data (names, aliases and versions: tokenizer/shipped.py; how they
+# were trained: model_cards/).
+BUNDLED_DIR = WEIGHTS_DIR
+BUNDLED = {kind: default_model(kind).folder for kind in ("vq", "kl")}
 
 __all__ = [
     "BUNDLED", "HubOptions", "Checkpoint", "WeightsError", "resolve", "read_checkpoint", "load_checkpoint",
@@ -57,16 +59,17 @@ __all__ = [
 # --- resolve: a name -> a local path -------------------------------------------------------------
 def resolve(name_or_path: str | Path | None, options: HubOptions = HubOptions(), model_type: str = "vq",
             allow_pickle: bool = False) -> Path:
-    """The local folder or file holding a model: a path as given, a Hub repo's cached snapshot, or the
-    bundled default for ``model_type`` (when ``name_or_path`` is None)."""
-    if name_or_path is None:
-        folder = BUNDLED.get(model_type)
-        if folder is None or not (folder / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(
-                f"no bundled default {model_type!r} model in this install ({folder or BUNDLED_DIR}); "
-                "pass a folder or repo id"
-            )
+    """The local folder or file holding a model: a path as given; else a shipped model's name or alias
+    (``imgtok-vq-f8``, ``bundled``, ``imgtok-kl-f8``, ``bundled-kl``: tokenizer/shipped.py), None meaning the
+    shipped default for ``model_type``; else a Hub repo's cached snapshot."""
+    ship = resolve_shipped(name_or_path, model_type)
+    if ship is not None:
+        folder = ship.folder
+        if not (folder / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{ship.name}: not in this install ({folder}); pass a folder or repo id")
         return folder / options.subfolder if options.subfolder else folder
+    if name_or_path is None:
+        raise FileNotFoundError(f"no shipped default {model_type!r} model ({BUNDLED_DIR}); pass a folder or repo id")
     path = Path(name_or_path)
     if path.exists():
         return path / options.subfolder if options.subfolder else path
@@ -263,7 +266,7 @@ def load_checkpoint(name_or_path: str | Path | None = None, options: HubOptions 
     try:
         return read_checkpoint(path, expected_type, allow_pickle, config)
     except (WeightsError, ConfigError) as err:
-        if name_or_path is None or Path(name_or_path).exists():
+        if name_or_path is None or Path(name_or_path).exists() or resolve_shipped(name_or_path) is not None:
             raise
         # Downloaded: name the repo, not only the cache path the file landed in.
         where = f"{name_or_path}" + (f"@{options.revision}" if options.revision else "")

@@ -21,13 +21,8 @@ from safetensors.torch import load_file
 
 from tokenizer.checkpoints import build, check_state_dict
 from tokenizer.config import AutoencoderConfig, ConfigError
-from tokenizer.pretrained import BUNDLED, load_checkpoint
-
-# The names the shipped models go by (their folder names, and the CLI's aliases).
-BUNDLED_NAMES = {
-    "bundled": BUNDLED["vq"], "imgtok-vq-f8": BUNDLED["vq"],
-    "bundled-kl": BUNDLED["kl"], "imgtok-kl-f8": BUNDLED["kl"],
-}
+from tokenizer.pretrained import load_checkpoint
+from tokenizer.shipped import resolve_shipped
 
 # What stays fixed with ``train_part="decoder"``: everything that decides the ids (or the latents),
 # so that every dataset already tokenized with the source model stays valid.
@@ -70,7 +65,8 @@ def _read_checkpoint(folder: Path) -> InitSource:
 
 def read_init_source(spec: str, allow_pickle: bool = False) -> InitSource:
     """Read MODEL for ``--init-from``; see the module docstring for what it may be."""
-    path = BUNDLED_NAMES.get(spec, Path(spec))
+    shipped = resolve_shipped(spec)  # imgtok-vq-f8, bundled, ...: one naming (tokenizer/shipped.py)
+    path = shipped.folder if shipped is not None else Path(spec)
     if path.is_dir():
         checkpoint = _checkpoint_folder(path)
         if checkpoint is not None:
@@ -117,4 +113,4 @@ def apply_train_part(model: torch.nn.Module, part: str) -> None:
             module.requires_grad_(False).eval()
 
 
-__all__ = ["InitSource", "read_init_source", "load_init_weights", "apply_train_part", "BUNDLED_NAMES", "TRAIN_PARTS"]
+__all__ = ["InitSource", "read_init_source", "load_init_weights", "apply_train_part", "TRAIN_PARTS"]

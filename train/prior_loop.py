@@ -330,32 +330,49 @@ class PriorTrainer:
             code_bits, token_bits = self.evaluate()
             self.history.append({"step": step, "val_bits_per_code": code_bits, "val_bits_per_token": token_bits})
         final = self.history[-1]
-        samples = self.sample() if self.dist.main and cfg.num_samples > 0 else []
         result = PriorResult(
             step=step, val_bits_per_code=final["val_bits_per_code"], val_bits_per_token=final["val_bits_per_token"],
             unigram_entropy_bits=self.unigram.entropy_bits, uniform_bits=math.log2(self.grids.vocab_size),
-            first_val_bits_per_code=first_bits, samples=samples, seconds=time.time() - started,
+            first_val_bits_per_code=first_bits, samples=[], seconds=time.time() - started,
         )
         if self.dist.main:
+            # The trained prior and its metrics are written before sampling, which loads the tokenizer: a
+            # tokenizer that cannot be loaded costs the samples only, never the training.
             save_prior(self.run_dir / "prior", self.model, self.layout,
-                       {"tokens": str(cfg.tokens), "tokenizer": self.tokenizer_source(),
+                       {"tokens": str(cfg.tokens), "tokenizer": self.tokenizer_source(strict=False),
                         "sample_shape": list(self.sample_shape)})
-            metrics = {**dataclasses.asdict(result), "unigram": dataclasses.asdict(self.unigram),
-                       "train_images": len(self.train_idx), "val_images": len(self.val_idx),
-                       "parameters": self.model.num_parameters(), "history": self.history}
-            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            self._write_metrics(result)
+            if cfg.num_samples > 0:
+                try:
+                    result.samples = self.sample()
+                except Exception as err:  # noqa: BLE001 - any failure here must not lose the run
+                    self.log(f"sampling failed, the prior and metrics.json are saved: {type(err).__name__}: {err}. "
+                             f"Sample later with: python scripts/train_prior.py --sample-from {self.run_dir / 'prior'} "
+                             f"--out {self.run_dir / 'samples'} --tokenizer MODEL")
+                self._write_metrics(result)
             self.log(f"done: step {step}, val {result.val_bits_per_code:.3f} bits/code vs unigram entropy "
                      f"{result.unigram_entropy_bits:.3f} bits (uniform {result.uniform_bits:.3f}); "
-                     f"{len(samples)} samples in {self.run_dir / 'samples'}")
+                     f"{len(result.samples)} samples in {self.run_dir / 'samples'}")
         if self.dist.world > 1:
             dist.barrier()
         return result
 
-    def tokenizer_source(self) -> str:
+    def _write_metrics(self, result: PriorResult) -> None:
+        metrics = {**dataclasses.asdict(result), "unigram": dataclasses.asdict(self.unigram),
+                   "train_images": len(self.train_idx), "val_images": len(self.val_idx),
+                   "parameters": self.model.num_parameters(), "history": self.history}
+        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    def tokenizer_source(self, strict: bool = True) -> str | None:
+        """The tokenizer that decodes samples: --tokenizer, else the model the shards' metadata names
+        (``name``: the shipped models by their name, which loads offline; older metadata: ``name_or_path``)."""
         if self.cfg.tokenizer:
             return self.cfg.tokenizer
-        source = self.grids.metadata.get("model", {}).get("name_or_path")
+        record = self.grids.metadata.get("model", {})
+        source = record.get("name") or record.get("name_or_path")
         if not source or source == "in-memory":
+            if not strict:
+                return None
             raise ValueError(f"{self.cfg.tokens}/metadata.json names no model folder or repo id ({source!r}); "
                              "pass the tokenizer explicitly (--tokenizer)")
         return str(source)
@@ -367,19 +384,27 @@ class PriorTrainer:
         with self.autocast():
             grids = sample_grids(self.model, self.layout, cfg.num_samples, *self.sample_shape,
                                  temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
-        return write_samples(grids.cpu(), self.tokenizer_source(), self.run_dir / "samples", self.device)
+        return write_samples(grids.cpu(), self.tokenizer_source(), self.run_dir / "samples", self.device,
+                             made_with=self.grids.metadata.get("model"), ids_from=str(cfg.tokens))
 
 
 def write_samples(grids: torch.Tensor, tokenizer: str, folder: str | Path,
-                  device: str | torch.device = "cpu") -> list[str]:
-    """(N, h, w) sampled codes -> ``folder/grids.safetensors`` and ``sample_XXX.png`` decoded by ``tokenizer``."""
+                  device: str | torch.device = "cpu", made_with: dict | None = None,
+                  ids_from: str = "the ids") -> list[str]:
+    """(N, h, w) sampled codes -> ``folder/grids.safetensors`` and ``sample_XXX.png`` decoded by ``tokenizer``.
+
+    ``made_with``: the model record of the shards the prior learnt (metadata.json's ``model``), ``ids_from`` their
+    folder: decoding with other weights is warned about by name.
+    """
     from tokenizer import ImageTokenizer
     from tokenizer.image_io import save_image
+    from tokenizer.shipped import warn_if_other_weights
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"ids": grids.to(torch.int32).contiguous()}, str(folder / "grids.safetensors"))
     tok = ImageTokenizer.from_pretrained(tokenizer, device=device)
+    warn_if_other_weights(made_with, tok.identity, ids_from)
     images = tok.decode(grids)  # (N, 3, H, W)
     paths = []
     for i, image in enumerate(images):
