@@ -44,7 +44,7 @@ from einops import rearrange
 from PIL import Image, ImageDraw
 
 from tokenizer import inputs
-from tokenizer.api import ImageTokenizer, ImageVAE, load_any
+from tokenizer.api import ImageTokenizer, load_any
 from tokenizer.checkpoints import WeightsError
 from tokenizer.colour import colour_difference, is_grayscale, to_gray
 from tokenizer.config import ConfigError
@@ -251,6 +251,7 @@ def quantize_latents(z: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
 def describe_model(model) -> dict:
     cfg = model.config
     info = {
+        **model.identity.to_dict(),  # name, version, weights sha256: push_to_hub.py checks them
         "source": getattr(model, "source", None),
         "model_type": cfg.model_type,
         "downsample_factor": cfg.downsample_factor,
@@ -266,11 +267,7 @@ def describe_model(model) -> dict:
 
 
 def load_model(spec: str, device: str | None):
-    if spec == "bundled":
-        return ImageTokenizer.from_pretrained(None, device=device)
-    if spec == "bundled-kl":
-        return ImageVAE.from_pretrained(None, device=device)
-    return load_any(spec, device=device)
+    return load_any(spec, device=device)  # shipped names (imgtok-vq-f8, bundled-kl, ...) included
 
 
 # --- metrics of one reconstruction ----------------------------------------------------------------
@@ -395,7 +392,7 @@ def mean_rows(rows: list[dict], methods: list[str]) -> dict[str, dict[str, float
 # --- main -----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="model folder, Hub repo id, 'bundled' or 'bundled-kl'")
+    p.add_argument("model", help="imgtok-vq-f8 / imgtok-kl-f8 (aliases bundled / bundled-kl), a model folder or a Hub repo id")
     p.add_argument("--data", required=True, type=Path, help="folder of images")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--size", type=int, default=None, help="resize the short side to S and centre-crop S x S "

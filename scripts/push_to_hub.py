@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from tokenizer.api import load_any
-from tokenizer.checkpoints import CONFIG_NAME, WEIGHTS_NAME
+from tokenizer.checkpoints import CONFIG_NAME, WEIGHTS_NAME, sha256_of
 from tokenizer.hub import HubError
 from tokenizer.model_card import Evaluation, ModelCardError, ModelCardInfo, load_metrics
 from tokenizer.pretrained import push_model_folder
@@ -47,6 +47,26 @@ def training_notes(run: Path | None, notes: Path | None = None) -> str | None:
     return "\n\n".join(parts) or None
 
 
+def check_metrics_weights(metrics_path: Path, folder: Path) -> None:
+    """Refuse metrics measured on other weights: evaluate.py records the weights' sha256 in metrics.json."""
+    try:
+        record = json.loads(metrics_path.read_text()).get("model", {})
+    except (OSError, ValueError, AttributeError):
+        return  # load_metrics reports unreadable files
+    measured = record.get("sha256") if isinstance(record, dict) else None
+    if not measured:
+        print(f"warning: {metrics_path} records no weights sha256 (written by an older evaluate.py): "
+              f"cannot check that it was measured on {folder}", file=sys.stderr)
+        return
+    actual = sha256_of(folder / WEIGHTS_NAME)
+    if measured != actual:
+        raise ModelCardError(
+            f"{metrics_path} was measured on other weights ({record.get('name') or record.get('source')}, sha256 "
+            f"{measured[:12]}…) than {folder / WEIGHTS_NAME} (sha256 {actual[:12]}…); run "
+            f"`python scripts/evaluate.py {folder} --data ... --out ...` and pass that metrics.json"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("path", type=Path, help="model folder, or training run folder (its export/ is pushed)")
@@ -68,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         found = [d / "metrics.json" for d in (folder, run) if d is not None and (d / "metrics.json").is_file()]
         metrics_path = found[0] if found else None
     try:
+        if metrics_path is not None:
+            check_metrics_weights(metrics_path, folder)
         evaluation = load_metrics(metrics_path) if metrics_path is not None else Evaluation({})
         if metrics_path is not None:
             print(f"metrics from {metrics_path}: " + ", ".join(f"{k}={v:.4g}" for k, v in evaluation.metrics.items())

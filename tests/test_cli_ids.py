@@ -117,3 +117,30 @@ def test_image_messages(model_dir, tmp_path, capsys):
     assert "expected [0, 1]" in str(info.value) and "[0, 255]" not in str(info.value)
     with pytest.raises(ValueError, match=r"looks like \[0, 255\]"):
         tok.encode(torch.rand(3, 8, 8) * 255)
+
+
+def test_ctrl_c_during_tokenize_prints_one_line(model_dir, tmp_path, capsys, monkeypatch):
+    import tokenizer.batch_tokenize as bt
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        write_image(images / f"{i}.png", height=8, width=8)
+    real = bt.tokenize_dataset
+
+    def interrupted_after_one_shard(config, **kwargs):
+        config.max_shards = 1
+        real(config, **kwargs)
+        raise KeyboardInterrupt  # what Ctrl-C raises in the middle of the next shard
+
+    monkeypatch.setattr(bt, "tokenize_dataset", interrupted_after_one_shard)
+    out = tmp_path / "tokens"
+    argv = ["tokenize", "--model", model_dir, "--input", str(images), "--output", str(out), "--size", "8",
+            "--shard-size", "2", "--workers", "0", "--no-progress"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    # Before: a 48-line KeyboardInterrupt traceback.
+    assert err == f"interrupted: 1 of 2 shards complete in {out}; finished shards are kept: re-run the same " \
+                  "command to resume"
+    monkeypatch.setattr(bt, "tokenize_dataset", real)
+    assert main(argv) == 0 and "1 already done" in capsys.readouterr().out

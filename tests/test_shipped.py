@@ -129,3 +129,27 @@ def test_decoding_ids_made_with_other_weights_warns_by_name():
                                          rf"v{current.version}"):
         warn_if_other_weights({"name_or_path": "bundled", "sha256": old_sha}, current, "tokens/")
     assert warn_if_other_weights({"name": "imgtok-vq-f8", "sha256": current.sha256}, current, "tokens/") is None
+
+
+def _push_script():
+    spec = importlib.util.spec_from_file_location("push_to_hub_script", SCRIPT.parent / "push_to_hub.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_push_to_hub_checks_the_metrics_were_measured_on_these_weights(tiny_tokenizer, tmp_path, capsys):
+    folder = tiny_tokenizer.save_pretrained(tmp_path / "model", model_card=False)
+    metrics = tmp_path / "metrics.json"
+    other = {"name": "imgtok-vq-f8", "sha256": shipped_model("bundled").sha256}
+    metrics.write_text(json.dumps({"model": other, "dataset": "kodak24", "mean": {"psnr": 23.9}}))
+    card = tmp_path / "card.md"
+    script = _push_script()
+    # Before: the metrics of imgtok-vq-f8 went into this model's card without a word.
+    assert script.main([str(folder), "alice/x", "--metrics", str(metrics), "--card-only", str(card)]) == 1
+    err = capsys.readouterr().err
+    assert "measured on other weights (imgtok-vq-f8" in err and not card.exists()
+    mine = {"name": str(folder), "sha256": sha256_of(folder / "model.safetensors")}
+    metrics.write_text(json.dumps({"model": mine, "dataset": "kodak24", "mean": {"psnr": 23.9}}))
+    assert script.main([str(folder), "alice/x", "--metrics", str(metrics), "--card-only", str(card)]) == 0
+    assert card.is_file()

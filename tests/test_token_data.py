@@ -100,8 +100,13 @@ def test_dataloader_with_workers_and_collate(folders):
     assert ids.shape == (len(ds), 4, 4) and torch.equal(ids, torch.stack([ds[i].ids for i in range(len(ds))]))
     assert sum((b.keys for b in batches), []) == ds.keys
     assert torch.equal(torch.cat([b.sizes for b in batches]), torch.tensor([list(s) for s in SIZES]))
-    native = collate_tokens([TokenShardDataset(folders["native"])[i] for i in range(3)])
-    assert isinstance(native.ids, list) and len(native.ids) == 3  # grids of several shapes stay a list
+    assert all(b.mask.all() for b in batches)  # one shape: nothing padded
+    items = [TokenShardDataset(folders["native"])[i] for i in range(3)]
+    native = collate_tokens(items)  # grids of several shapes: padded to (B, h_max, w_max) with a mask
+    assert native.ids.shape == (3, *native.grid_sizes.max(dim=0).values.tolist())
+    assert len({tuple(i.ids.shape) for i in items}) > 1
+    for item, grid, mask, (h, w) in zip(items, native.grids(), native.mask, native.grid_sizes.tolist()):
+        assert torch.equal(grid, item.ids) and mask.sum() == h * w and mask[:h, :w].all()
 
 
 def test_shard_stream_covers_every_item_once_across_ranks_and_shuffles_per_epoch(folders):

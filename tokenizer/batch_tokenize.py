@@ -440,7 +440,8 @@ def _merge_after_run(out: Path, num_shards: int) -> bool:
 # --------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The tokenize command's options (one definition for both front ends)."""
-    parser.add_argument("--model", default=None, help="model folder or Hub repo id (default: the bundled model)")
+    parser.add_argument("--model", default=None, help="imgtok-vq-f8 (alias bundled), a model folder or a Hub repo id "
+                                                      "(default: imgtok-vq-f8)")
     parser.add_argument("--revision", default=None, help="Hub revision of --model")
     parser.add_argument("--input", required=True,
                         help="a folder (recursive), a list file (one path per line) or tar shards (glob or {000..009})")
@@ -479,7 +480,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         shard_size=args.shard_size, device=args.device, rank=args.rank, world_size=args.world_size,
         max_shards=args.max_shards, progress=not args.no_progress,
     )
-    result = tokenize_dataset(config)
+    try:
+        result = tokenize_dataset(config)
+    except KeyboardInterrupt:  # Ctrl-C: one line saying what is kept and how to go on, not a traceback
+        print(f"\ninterrupted: {_progress_summary(Path(args.output))}; finished shards are kept: re-run the same "
+              "command to resume", file=sys.stderr)
+        return 130
     where = f"rank {result.rank}/{result.world_size}: " if result.world_size > 1 else ""
     print(f"{where}{result.images} images tokenized, {result.errors} errors, {result.shards_written} shards written, "
           f"{result.shards_skipped} already done, {result.seconds:.1f} s -> {result.output}")
@@ -489,6 +495,16 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"{result.output}: shards still missing (other ranks, or --max-shards); re-run to continue, "
               "or merge later with --merge-only")
     return 0
+
+
+def _progress_summary(out: Path) -> str:
+    """``"3 of 10 shards complete in OUT"`` from what is on disk (the run's own counters may be mid-update)."""
+    try:
+        total = int(json.loads((out / METADATA_NAME).read_text(encoding="utf-8"))["num_shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no shard finished in {out}"
+    done = sum(shard_complete(out, k) for k in range(total))
+    return f"{done} of {total} shards complete in {out}"
 
 
 def add_cli_command(subparsers: Any) -> None:

@@ -67,26 +67,48 @@ class TokenItem:
 class TokenBatch:
     """A collated list of ``TokenItem``.
 
-    ids: (B, h, w) long when every grid has one shape (centre crops); else a list of (h, w) tensors.
+    ids: (B, h, w) long. Grids of several shapes (``--native``) are padded with ``PAD_ID`` at the bottom and
+        right to the largest h and w, as ``TokenLayout.collate`` pads sequences; ``mask`` says which are real.
+    mask: (B, h, w) bool, True on real tokens (all True when every grid has one shape).
+    grid_sizes: (B, 2) long (h, w) of each grid before padding.
     keys: B keys.
     indices: (B,) long dataset rows.
-    sizes: (B, 2) long original (height, width).
+    sizes: (B, 2) long original image (height, width).
     meta: B side-file dicts.
     """
 
-    ids: torch.Tensor | list[torch.Tensor]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    grid_sizes: torch.Tensor
     keys: list[str]
     indices: torch.Tensor
     sizes: torch.Tensor
     meta: list[dict[str, Any]]
 
+    def grids(self) -> list[torch.Tensor]:
+        """The B grids without padding, each (h_i, w_i)."""
+        return [ids[:h, :w] for ids, (h, w) in zip(self.ids, self.grid_sizes.tolist())]
+
+
+# Fills the padded positions of a TokenBatch; never a real id's stand-in: read ``mask``.
+PAD_ID = 0
+
 
 def collate_tokens(items: list[TokenItem]) -> TokenBatch:
-    """``collate_fn`` for DataLoaders over ``TokenShardDataset`` / ``TokenShardIterable``."""
-    shapes = {tuple(item.ids.shape) for item in items}
-    ids = torch.stack([item.ids for item in items]) if len(shapes) == 1 else [item.ids for item in items]
+    """``collate_fn`` for DataLoaders over ``TokenShardDataset`` / ``TokenShardIterable``: ids (B, h, w),
+    padded with a mask when the grids' shapes differ."""
+    grid_sizes = torch.tensor([list(item.ids.shape) for item in items], dtype=torch.long)  # (B, 2)
+    height, width = (int(v) for v in grid_sizes.max(dim=0).values)
+    ids = torch.full((len(items), height, width), PAD_ID, dtype=torch.long)  # (B, h, w)
+    mask = torch.zeros((len(items), height, width), dtype=torch.bool)
+    for row, item in enumerate(items):
+        h, w = item.ids.shape
+        ids[row, :h, :w] = item.ids
+        mask[row, :h, :w] = True
     return TokenBatch(
         ids=ids,
+        mask=mask,
+        grid_sizes=grid_sizes,
         keys=[item.key for item in items],
         indices=torch.tensor([item.index for item in items], dtype=torch.long),
         sizes=torch.tensor([[item.height, item.width] for item in items], dtype=torch.long),  # (B, 2)

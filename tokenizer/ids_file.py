@@ -52,7 +52,7 @@ def save_ids(path: str | Path, ids: np.ndarray, vocab_size: int, size: tuple[int
         size: the original (H, W); stored in ``.npz`` only.
         model: who made the ids; stored in ``.npz`` only.
     """
-    from .batch_tokenize import ids_dtype  # one choice of dtype for ids on disk, as in the token shards
+    from .shards import ids_dtype  # one choice of dtype for ids on disk, as in the token shards
 
     path = Path(path)
     if path.suffix not in SUFFIXES:
