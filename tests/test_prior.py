@@ -132,7 +132,7 @@ def test_smoke_run_learns_and_writes_decodable_samples(tmp_path):
     assert loss < 0.5 * math.log2(layout.vocab_size)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000060"]
     assert {p.name for p in (out / "checkpoints" / "step_0000060").iterdir()} == {
-        "model.safetensors", "optim.safetensors", "state.json",
+        "model.safetensors", "optim.safetensors", "state.json", "rng",  # rng/: one file per rank (c479a9c)
     }
 
     # More samples from the saved prior, another grid shape, without training.
