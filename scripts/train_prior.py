@@ -5,10 +5,10 @@ compared against the unigram entropy of the codes (what a model that ignores con
 against log2(vocabulary). Sequences follow ``tokenizer.TokenLayout`` (raster order, end-of-row tokens).
 
     # The whole pipeline on made-up images (vq-tiny tokenizer, batch tokenizer, prior, samples): < 2 min on a CPU
-    python scripts/train_prior.py --smoke
+    python scripts/train_prior.py --smoke --out runs/prior-smoke
 
     # Random crops of photos -> token shards (the batch tokenizer) -> prior -> samples, all under --out
-    python scripts/train_prior.py --crops-from ../shared/data/wikipedia49 --model tokenizer/weights/imgtok-vq-f8 \
+    python scripts/train_prior.py --crops-from photos/ --model imgtok-vq-f8 \
         --out runs/prior --crop-size 128 --crops-per-photo 40 --val-photos 5 --max-minutes 10
 
     # Shards that already exist (scripts/tokenize_dataset.py output); several processes with torchrun
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -117,11 +116,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--sample-from", help="no training: sample a trained prior folder (RUN/prior) into --out")
     ap.add_argument("--sample-size", type=int, nargs=2, metavar=("H", "W"),
                     help="--sample-from: grid size to sample (default: the commonest training shape)")
-    src.add_argument("--model", help="tokenizer for --crops-from (folder or Hub repo id; default: bundled)")
+    src.add_argument("--model", help="tokenizer for --crops-from (imgtok-vq-f8, a folder or a Hub repo id; "
+                                     "default imgtok-vq-f8)")
     src.add_argument("--crop-size", type=int, default=128)
     src.add_argument("--crops-per-photo", type=int, default=40)
     src.add_argument("--val-photos", type=int, default=5, help="--crops-from: the last N photos only validate")
-    ap.add_argument("--out", help="run folder (--smoke: a new temporary folder if not given)")
+    ap.add_argument("--out", help="run folder: everything the run writes goes inside it")
     ap.add_argument("--tokenizer", help="decodes the samples (default: the model named in the shards' metadata)")
     # Defaults of these depend on --smoke (see DEFAULTS / SMOKE_DEFAULTS).
     ap.add_argument("--prior", choices=sorted(PRIOR_SIZES), help="model size (default prior-s; smoke prior-tiny)")
@@ -148,8 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if sum(bool(x) for x in (args.tokens, args.crops_from, args.smoke, args.sample_from)) != 1:
         ap.error("give exactly one of --tokens, --crops-from, --smoke, --sample-from")
-    if not args.smoke and not args.out:
-        ap.error("--out is required (except with --smoke)")
+    if not args.out:
+        ap.error("--out is required: the run folder, where everything the run writes goes")
     for name, value in (SMOKE_DEFAULTS if args.smoke else DEFAULTS).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", 0))
     tokens, val_tokens, tokenizer = args.tokens, args.val_tokens, args.tokenizer
     if args.smoke:
-        out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="imgtok-prior-smoke-"))
+        out = Path(args.out)
         tokens = out / "tokens"
         if rank == 0:
             make_smoke_images(out / "images", count=128, size=16)
