@@ -23,6 +23,7 @@ from bench_recipe import API_CLASSES, evaluate_model, load_held_out
 from tokenizer.api import ImageTokenizer
 from tokenizer.checkpoints import save_folder
 from tokenizer.pretrained import load_folder
+from tokenizer.shipped import record_version
 
 
 def load_api(folder: str | Path):
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                       "stlpips_gain": lpips_gain, "ship": ship}, indent=2))
     if ship and not args.dry_run:
         save_folder(candidate.model, args.shipped, dtype=torch.float16)
-        print(f"shipped: {args.candidate} -> {args.shipped} (fp16 weights, fp32 codebook)")
+        version = record_version(args.shipped, f"{args.candidate}: +{psnr_gain:.2f} dB on {len(images)} held-out photos")
+        print(f"shipped: {args.candidate} -> {args.shipped} (fp16 weights, fp32 codebook), version {version}")
     elif not ship:
         print("not shipped: the candidate does not beat the shipped model by the required margin")
     return 0

@@ -36,8 +36,23 @@ def test_the_weights_in_the_package_are_the_registered_version():
         shas = [s for _, s in model.history]
         assert len(set(versions)) == len(versions) and len(set(shas)) == len(shas), model.name
         assert sha256_of(model.folder / "model.safetensors") == model.sha256, (
-            f"{model.name}: new weights shipped without a new version: append (version, sha256) to its history "
-            "in tokenizer/shipped.py")
+            f"{model.name}: new weights shipped without a new version: run tokenizer.shipped.record_version on "
+            "its folder (scripts/ship_model.py does)")
+
+
+def test_shipping_new_weights_records_a_new_version(tmp_path):
+    import shutil
+
+    from tokenizer.shipped import record_version
+
+    folder = tmp_path / "imgtok-vq-f8"
+    shutil.copytree(shipped_model("bundled").folder, folder)
+    before = shipped_model("bundled").version
+    assert record_version(folder) is None  # the same weights: no new version
+    ImageTokenizer.from_preset("vq-f8-cpu").save_pretrained(folder, model_card=False)
+    assert record_version(folder, "test") == str(int(before) + 1)
+    versions = json.loads((folder / "versions.json").read_text())["versions"]
+    assert versions[-1]["sha256"] == sha256_of(folder / "model.safetensors") and versions[-1]["note"] == "test"
 
 
 @pytest.mark.parametrize("name", [None, "bundled", "imgtok-vq-f8"])

@@ -4,14 +4,16 @@ The shipped models go by their folder names under ``tokenizer/weights/`` (``imgt
 with ``bundled`` and ``bundled-kl`` as aliases, in the API (``from_pretrained("imgtok-vq-f8")``), the CLI
 (``--model bundled``), the scripts and the metadata of everything written with a model (token shards,
 ``imgtok encode`` files, ``scripts/evaluate.py`` metrics). Each has a version that changes whenever new weights
-ship: ``history`` keeps every shipped version's weights sha256 (a test checks that the weights in the package
-are the last one), so ids made with older weights are named (``imgtok-vq-f8 v1``) when decoded with newer ones.
+ship: each folder's ``versions.json`` keeps every shipped version's weights sha256 (a test checks that the weights
+in the package are the last one; ``scripts/ship_model.py`` appends), so ids made with older weights are named
+(``imgtok-vq-f8 v1``) when decoded with newer ones.
 
 Any other model is named by the path or Hub repo id it was loaded from, with the sha256 of its weights.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,9 @@ from .checkpoints import sha256_of
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
+VERSIONS_NAME = "versions.json"  # beside config.json: every version shipped, oldest first
+
+
 @dataclass(frozen=True)
 class ShippedModel:
     """A model folder under ``tokenizer/weights/``.
@@ -30,36 +35,39 @@ class ShippedModel:
         name: its folder name, the name it goes by everywhere.
         model_type: "vq" or "kl".
         aliases: other names accepted for it (never written into metadata).
-        history: (version, sha256 of model.safetensors) of every version shipped, oldest first. Shipping new
-            weights appends a version; the last entry describes the weights in the package.
+    The version history lives in the folder's ``versions.json`` (version, weights sha256, note), oldest first;
+    shipping new weights appends to it (``record_version``), and the last entry describes the weights in the
+    package (a test checks it).
     """
 
     name: str
     model_type: str
     aliases: tuple[str, ...]
-    history: tuple[tuple[str, str], ...]
 
     @property
     def folder(self) -> Path:
         return WEIGHTS_DIR / self.name
 
     @property
-    def version(self) -> str:
-        return self.history[-1][0]
+    def history(self) -> tuple[tuple[str, str], ...]:
+        """(version, sha256) of every shipped version, oldest first."""
+        path = self.folder / VERSIONS_NAME
+        if not path.is_file():
+            return ()
+        return tuple((str(v["version"]), str(v["sha256"])) for v in json.loads(path.read_text())["versions"])
 
     @property
-    def sha256(self) -> str:
-        return self.history[-1][1]
+    def version(self) -> str | None:
+        return self.history[-1][0] if self.history else None
+
+    @property
+    def sha256(self) -> str | None:
+        return self.history[-1][1] if self.history else None
 
 
 SHIPPED: tuple[ShippedModel, ...] = (
-    ShippedModel("imgtok-vq-f8", "vq", ("bundled",), (
-        ("1", "923b0dd6d2d7268b0137cb0fe19e7263463daab6f681caeb169c88fa5b78550d"),  # ba4c036: 92 min of training
-        ("2", "e16d18c947237065ebf6fbb380a84d62f4ac7bb0bd625746485c17fb1d2408f0"),  # 01b38cd: step-2188 export
-    )),
-    ShippedModel("imgtok-kl-f8", "kl", ("bundled-kl",), (
-        ("1", "80fb7e2a96f220b6cbdbd20a9e48edb999a5953a233657e2b3027d8b9619b6e0"),  # ba4c036
-    )),
+    ShippedModel("imgtok-vq-f8", "vq", ("bundled",)),
+    ShippedModel("imgtok-kl-f8", "kl", ("bundled-kl",)),
 )
 DEFAULT_NAMES = {"vq": "imgtok-vq-f8", "kl": "imgtok-kl-f8"}  # what from_pretrained() loads with no name
 
@@ -87,6 +95,21 @@ def resolve_shipped(name_or_path: str | Path | None, model_type: str = "vq") -> 
     if Path(name_or_path).exists():
         return None
     return shipped_model(name_or_path)
+
+
+def record_version(folder: str | Path, note: str = "") -> str | None:
+    """After new weights were written into a shipped model's ``folder``: append a version (the previous
+    number + 1) with their sha256 to its ``versions.json``. Returns the new version (None: weights unchanged)."""
+    folder = Path(folder)
+    path = folder / VERSIONS_NAME
+    data = json.loads(path.read_text()) if path.is_file() else {"name": folder.name, "versions": []}
+    sha = sha256_of(folder / "model.safetensors")
+    if data["versions"] and data["versions"][-1]["sha256"] == sha:
+        return None
+    version = str(int(data["versions"][-1]["version"]) + 1) if data["versions"] else "1"
+    data["versions"].append({"version": version, "sha256": sha, "note": note})
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return version
 
 
 def shipped_names() -> list[str]:
@@ -181,4 +204,4 @@ def warn_if_other_weights(recorded: dict[str, Any] | ModelIdentity | None, curre
 
 
 __all__ = ["ShippedModel", "SHIPPED", "ModelIdentity", "shipped_model", "default_model", "resolve_shipped", "shipped_names",
-           "find_by_sha256", "identify", "mismatch", "warn_if_other_weights", "sha256_of"]
+           "find_by_sha256", "record_version", "identify", "mismatch", "warn_if_other_weights", "sha256_of"]
