@@ -10,7 +10,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 MODEL_HELP = ("imgtok-vq-f8 / imgtok-kl-f8 (aliases bundled / bundled-kl), a model folder or a Hub repo id "
               "(default: imgtok-vq-f8)")
