@@ -156,3 +156,22 @@ def test_perceptual_distance_is_frozen_named_and_split_consistently():
     assert z.grad is not None and z.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="perceptual spec"):
         perceptual.load_perceptual("resnet")
+
+
+def test_one_bits_per_pixel_and_one_perplexity_for_every_caller():
+    """The API, the CLI's figures, the model card and the quantizer's training statistics all use
+    tokenizer.metrics' functions, so they cannot drift apart."""
+    from tokenizer import ImageTokenizer
+    from tokenizer.metrics import CodebookHistogram, bits_per_pixel, code_perplexity
+    from tokenizer.model_card import bits_per_pixel as card_bits_per_pixel
+
+    tok = ImageTokenizer.from_preset("vq-tiny")
+    f = tok.downsample_factor
+    assert tok.bits_per_pixel(30, 17) == bits_per_pixel(15 * 9, tok.vocab_size, 30 * 17)
+    assert card_bits_per_pixel(tok.config) == bits_per_pixel(1, tok.vocab_size, f * f)
+    x = torch.randn(3, tok.config.latent_channels, 4, 5)
+    out = tok.model.quantizer(x)
+    hist = CodebookHistogram(tok.vocab_size)
+    hist.update(out.indices)
+    assert float(out.perplexity) == pytest.approx(code_perplexity(hist.counts), rel=1e-5)
+    assert float(out.usage) == pytest.approx(hist.stats().usage, rel=1e-6)

@@ -28,6 +28,7 @@ from .fast import InferenceOptions, autocast_context
 from .fast import configure as configure_inference
 from .hub import HubOptions
 from .image_io import as_image_list
+from .metrics import bits_per_pixel
 from .models import AEModel, KLModel, VQModel, build_model
 from .model_card import ModelCardInfo, render_model_card
 from .presets import get_preset
@@ -424,8 +425,6 @@ class ImageTokenizer(_ImageModel):
 
     def bits_per_pixel(self, height: int, width: int) -> float:
         """positions x depth x log2(vocab) / pixels, with the grid of an H x W image (every depth counts)."""
-        from .metrics import bits_per_pixel
-
         h, w = self.grid_size(height, width)
         return bits_per_pixel(h * w * self.depth, self.vocab_size, height * width)
 

@@ -93,6 +93,7 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_info(args) -> int:
     from .api import ImageTokenizer
+    from .metrics import bits_per_pixel
 
     if args.model_arg and args.model and args.model_arg != args.model:
         raise ValueError(f"two models given ({args.model_arg!r} and --model {args.model!r}); give one")
@@ -113,7 +114,7 @@ def cmd_info(args) -> int:
         info["bits_per_token"] = model.bits_per_token
         info["depth"] = model.depth
         info["quantizer"] = cfg.quantizer.kind
-        info["bits_per_pixel"] = model.depth * model.bits_per_token / cfg.downsample_factor**2
+        info["bits_per_pixel"] = bits_per_pixel(model.depth, model.vocab_size, cfg.downsample_factor**2)  # per f x f pixels
     print(json.dumps(info, indent=2))
     return 0
 

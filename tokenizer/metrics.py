@@ -220,14 +220,24 @@ def bits_per_pixel(tokens: int, vocab_size: int, pixels: int) -> float:
     return tokens * math.log2(vocab_size) / pixels
 
 
-def code_perplexity(counts: torch.Tensor) -> float:
-    """exp(entropy) of a code histogram: K when all K codes are equally used, 1 for a single code."""
-    counts = counts.double()
+def perplexity(counts: torch.Tensor) -> torch.Tensor:
+    """exp(entropy) of a code histogram (K,), as a tensor on its device (no host sync): K when all K codes are
+    equally used, 1 for a single code, 0 for an empty histogram."""
     total = counts.sum()
-    if total <= 0:
-        return 0.0
-    probs = counts[counts > 0] / total
-    return float(torch.exp(-(probs * probs.log()).sum()))
+    probs = counts / total.clamp_min(1)  # (K,)
+    entropy = -(probs * probs.clamp_min(1e-30).log()).sum()  # 0 log 0 = 0
+    return torch.where(total > 0, entropy.exp(), torch.zeros_like(entropy))
+
+
+def usage(counts: torch.Tensor) -> torch.Tensor:
+    """The share of the K codes used at least once, as a tensor on the histogram's device (in its float
+    dtype; float64 for integer counts)."""
+    return (counts > 0).to(counts.dtype if counts.is_floating_point() else torch.float64).mean()
+
+
+def code_perplexity(counts: torch.Tensor) -> float:
+    """``perplexity`` of a histogram, in float64, as a Python float (for reports)."""
+    return float(perplexity(counts.double()))
 
 
 @dataclass
@@ -280,7 +290,7 @@ class CodebookHistogram:
             codebook_size=self.codebook_size,
             tokens=int(self.counts.sum()),
             used_codes=used,
-            usage=used / self.codebook_size,
+            usage=float(usage(self.counts)),
             perplexity=perplexity,
             entropy_bits=math.log2(perplexity) if perplexity > 0 else 0.0,
         )

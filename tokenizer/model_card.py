@@ -43,14 +43,10 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 _PERCEPTUAL = ("lpips", "stlpips")
 _CODEBOOK = ("codebook_usage", "perplexity")  # properties of the model, not of a method's images
-# Spellings other writers use for the same metrics.
-_ALIASES = {
-    "psnr_db": "psnr", "msssim": "ms_ssim", "ms-ssim": "ms_ssim", "st_lpips": "stlpips", "lpips_st": "stlpips",
-    "stlpips_alex": "stlpips", "stlpips_vgg": "stlpips", "usage": "codebook_usage", "code_usage": "codebook_usage",
-    "code_perplexity": "perplexity", "codebook_perplexity": "perplexity", "bpp": "bits_per_pixel",
-}
-# Where a metrics file may keep its averages (per-image rows sit beside them).
-_SUMMARY_KEYS = ("means", "mean", "summary", "aggregate", "metrics", "average")
+# Spellings scripts/evaluate.py writes for the same metrics (its per-method "bpp", its codebook "usage").
+_ALIASES = {"bpp": "bits_per_pixel", "usage": "codebook_usage"}
+# Where evaluate.py's metrics.json keeps its averages (per-image rows sit beside them).
+_SUMMARY_KEYS = ("means",)
 # evaluate.py's comparison methods: everything else under "means" is the evaluated model.
 _BASELINE_PREFIXES = ("jpeg", "webp", "bicubic", "pca")
 
@@ -114,14 +110,12 @@ class ModelCardInfo:
 
 
 def _known(block: dict[str, Any]) -> dict[str, float]:
-    """The known metrics of one flat block; a value may also be {"mean": x, ...}."""
+    """The known metrics of one flat block."""
     values: dict[str, float] = {}
     for key, value in block.items():
-        name = _ALIASES.get(str(key).lower(), str(key).lower())
+        name = _ALIASES.get(str(key), str(key))
         if name not in METRICS or name in values:
             continue
-        if isinstance(value, dict):
-            value = value.get("mean")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
         values[name] = float(value)
@@ -131,11 +125,11 @@ def _known(block: dict[str, Any]) -> dict[str, float]:
 def parse_metrics(data: Any, source: str = "metrics") -> Evaluation:
     """The model's averages, evaluation set and baselines from a metrics dict.
 
-    Reads scripts/evaluate.py's metrics.json (``means`` per method, the model under ``tokenizer``/``vae``
-    beside ``jpeg``, ``webp``, ...; codebook statistics under ``codebook``; the images' folder under
-    ``data``), and also flat ``{"psnr": 25.1, ...}``, averages under a summary key and per-metric
-    statistics (``{"psnr": {"mean": 25.1, "std": 2.0}}``). Unknown keys and per-image rows are ignored;
-    a file with none of the known metrics is an error.
+    Reads what writes metrics: scripts/evaluate.py's metrics.json (``means`` per method, the model under
+    ``tokenizer``/``vae`` beside ``jpeg``, ``webp``, ...; codebook statistics under ``codebook``; the images'
+    folder under ``data``) and ``ModelCardInfo.metrics``' flat ``{"psnr": 25.1, ...}`` (the keys of
+    ``METRICS``). Unknown keys and per-image rows are ignored; a file with none of the known metrics is an
+    error.
     """
     if not isinstance(data, dict):
         raise ModelCardError(f"{source}: expected a JSON object of metrics, got {type(data).__name__}")

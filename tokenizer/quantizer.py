@@ -33,6 +33,8 @@ from torch import nn
 
 from .config import VectorQuantizerConfig
 from .devices import full_precision_matmul
+from .metrics import perplexity as code_perplexity_of
+from .metrics import usage as code_usage_of
 
 # Elements of one (chunk, K) distance block, whatever N is. On a GPU: 2**24 fp32 = 64 MiB, few launches.
 # On a CPU: 2**18 = 1 MiB; the block is written by the matmul and read back by argmin, and at 1 MiB it
@@ -96,9 +98,7 @@ def code_counts(ids: torch.Tensor, num_codes: int, reduce: bool) -> torch.Tensor
 
 def code_statistics(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(perplexity, usage) of a (K,) code histogram: exp(its entropy) and the share of codes used at least once."""
-    probs = counts / counts.sum().clamp_min(1.0)
-    perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
-    return perplexity, (counts > 0).float().mean()
+    return code_perplexity_of(counts), code_usage_of(counts)  # tokenizer.metrics: one definition
 
 
 def rotation_trick(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
