@@ -162,8 +162,11 @@ def _parse_script(path: Path, args: list[str]) -> argparse.Namespace:
 def _parse_python(cmd: Command, args: list[str]) -> argparse.Namespace | None:
     if args[:2] == ["-m", "train"]:
         from train.__main__ import parse_args
+        from train.config import TrainConfig
 
-        return parse_args(args[2:])
+        ns = parse_args(args[2:])
+        TrainConfig().apply_overrides(ns.set)  # every --set names a real field with a value of its type
+        return ns
     if args[:2] == ["-m", "pytest"]:
         for arg in args[2:]:
             if not arg.startswith("-"):
