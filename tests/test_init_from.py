@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tokenizer import ImageTokenizer, ImageVAE
+from tokenizer import AutoencoderConfig, ImageTokenizer, ImageVAE
 from tokenizer.pretrained import BUNDLED, WeightsError
 from train.__main__ import main as train_main
 from train.config import TrainConfig
@@ -124,7 +124,8 @@ def test_bundled_names_and_vae_sources(photo_dir, tmp_path):
     for name, family in (("bundled", "vq"), ("imgtok-vq-f8", "vq"), ("bundled-kl", "kl")):
         source = read_init_source(name)
         assert source.config.model_type == family
-        assert source.config.to_dict() == json.loads((BUNDLED[family] / "config.json").read_text())
+        # The bundled configs are format 1; read through the migration they give the same config.
+        assert source.config == AutoencoderConfig.load(BUNDLED[family] / "config.json")
     vae = ImageVAE.from_preset("kl-tiny").save_pretrained(tmp_path / "vae")
     cfg = TrainConfig(preset="", init_from=str(vae), out=str(tmp_path / "run"), data=[str(photo_dir)])
     trainer = Trainer(cfg)
