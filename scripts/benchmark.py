@@ -23,6 +23,10 @@ Sections (each prints its figures and the ratio against the peer):
    speed-up and the share of identical ids.
 5. large images: peak memory of encoding and decoding 1024^2 (and 2048^2 without --quick).
 
+Sections 1-3 measure the CPU (the peers run there too); 4 and 5 run on ``--device`` (default: the GPU when
+there is one, else the CPU), printed in the header and stored in the JSON's settings. On a GPU, peak
+memory is ``torch.cuda.max_memory_allocated`` above the allocation before the call.
+
 Peak memory on CPU is the rise of the process's resident-set high-water mark (``VmHWM``, reset through
 ``/proc/self/clear_refs``) above the resident size before the call: the extra memory the call needed.
 Times are medians over repetitions, the contestants interleaved so a change of machine load hits both;
@@ -48,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenizer import ImageTokenizer, ImageVAE, get_preset
+from tokenizer.devices import resolve_device
 from tokenizer.fast import bf16_supported
 from tokenizer.config import FSQConfig, LFQConfig, ResidualVQConfig, VectorQuantizerConfig
 from tokenizer.fsq import FiniteScalarQuantizer
@@ -79,8 +84,15 @@ def _malloc_trim() -> None:
         pass
 
 
-def peak_memory_mib(fn: Callable[[], Any]) -> float | None:
+def peak_memory_mib(fn: Callable[[], Any], device: torch.device = torch.device("cpu")) -> float | None:
     """Extra resident memory (MiB) ``fn`` needed at its peak; None where /proc cannot tell (not Linux)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return max(0.0, (torch.cuda.max_memory_allocated(device) - before) / 2**20)
     _malloc_trim()  # hand freed heap back to the OS first, or a reused free list would hide the allocations
     before = _status_mib("VmRSS")
     try:
@@ -103,6 +115,8 @@ def interleaved_times(contestants: dict[str, Callable[[], Any]], reps: int, warm
         for name, fn in contestants.items():
             c0, t0 = time.process_time(), time.perf_counter()
             fn()
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()  # GPU work is asynchronous: time it to its end
             walls[name].append(time.perf_counter() - t0)
             cpus[name].append(time.process_time() - c0)
     return {name: {"wall_s": statistics.median(walls[name]), "cpu_s": statistics.median(cpus[name]),
@@ -465,27 +479,28 @@ def load_photos(folder: Path, count: int) -> list[torch.Tensor]:
     return [read_image(p) for p in list_images(folder, "--photos", limit=count)]
 
 
-def load_tokenizer(spec: str | None) -> tuple[ImageTokenizer, str]:
+def load_tokenizer(spec: str | None, device: torch.device) -> tuple[ImageTokenizer, str]:
     if spec:
-        return ImageTokenizer.from_pretrained(spec), spec
+        return ImageTokenizer.from_pretrained(spec, device=device), spec
     try:
-        return ImageTokenizer.from_pretrained(None), "bundled"
+        return ImageTokenizer.from_pretrained(None, device=device), "bundled"
     except (FileNotFoundError, OSError, ValueError):
         print("  no bundled tokenizer: using random vq-f8-cpu weights (ids of an untrained model)")
-        return ImageTokenizer.from_preset("vq-f8-cpu"), "vq-f8-cpu (random weights)"
+        return ImageTokenizer.from_preset("vq-f8-cpu").to(device), "vq-f8-cpu (random weights)"
 
 
-def bench_fast_path(report: Report, reps: int, quick: bool, model: str | None, photos: Path) -> None:
-    report.section("fast inference path (bf16 autocast + channels-last) against fp32, real photos")
-    tok, name = load_tokenizer(model)
+def bench_fast_path(report: Report, reps: int, quick: bool, model: str | None, photos: Path,
+                    device: torch.device) -> None:
+    report.section(f"fast inference path (bf16 autocast + channels-last) against fp32, real photos, on {device}")
+    tok, name = load_tokenizer(model, device)
     images = load_photos(photos, 4 if quick else 24)
     landscape = [img if img.shape[1] <= img.shape[2] else img.transpose(1, 2) for img in images]  # (3, H, W), H <= W
     batch = torch.stack([img for img in landscape if img.shape == landscape[0].shape])  # (B, 3, H, W)
     report.put("fast_path_model", name)
     report.put("fast_path_images", f"{batch.shape[0]} photos from {photos} at {batch.shape[3]}x{batch.shape[2]}")
-    report.put("bf16_supported", bf16_supported("cpu"), f"{name}; {batch.shape[0]} photos {batch.shape[3]}x{batch.shape[2]}; "
-               f"native bf16 on this CPU: {bf16_supported('cpu')}")
-    fast = ImageTokenizer.from_config(tok.config)
+    report.put("bf16_supported", bf16_supported(device), f"{name}; {batch.shape[0]} photos {batch.shape[3]}x{batch.shape[2]}; "
+               f"native bf16 on {device}: {bf16_supported(device)}")
+    fast = ImageTokenizer.from_config(tok.config).to(device)
     fast.load_state_dict(tok.state_dict())
     fast.optimize_for_inference()
     times = interleaved_times({"fp32": lambda: tok.encode(batch), "fast": lambda: fast.encode(batch)}, reps)
@@ -512,20 +527,20 @@ def bench_fast_path(report: Report, reps: int, quick: bool, model: str | None, p
 
 
 # --- 5. large images ------------------------------------------------------------------------------
-def bench_large(report: Report, quick: bool, model: str | None) -> None:
-    report.section("peak memory of large images")
-    tok, name = load_tokenizer(model)
-    vae = ImageVAE.from_preset("kl-f8-cpu")
+def bench_large(report: Report, quick: bool, model: str | None, device: torch.device) -> None:
+    report.section(f"peak memory of large images on {device}")
+    tok, name = load_tokenizer(model, device)
+    vae = ImageVAE.from_preset("kl-f8-cpu").to(device)
     sizes = (1024,) if quick else (1024, 2048)
     for size in sizes:
         x = torch.rand(3, size, size)
         for label, model_ in ((f"tokenizer ({name})", tok), ("vae (kl-f8-cpu)", vae)):
             short = "tokenizer" if model_ is tok else "vae"
             t0 = time.perf_counter()
-            enc_mem = peak_memory_mib(lambda: model_.encode(x))
+            enc_mem = peak_memory_mib(lambda: model_.encode(x), device)
             enc_time = time.perf_counter() - t0
             code = model_.encode(x)
-            dec_mem = peak_memory_mib(lambda: model_.decode(code))
+            dec_mem = peak_memory_mib(lambda: model_.decode(code), device)
             report.put(f"{short}_encode_peak_mib_{size}", enc_mem)
             report.put(f"{short}_decode_peak_mib_{size}", dec_mem,
                        f"{label} {size}^2: encode peak +{enc_mem:.0f} MiB ({enc_time:.1f} s), decode peak +{dec_mem:.0f} MiB")
@@ -540,17 +555,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="tokenizer for the fast-path and memory sections (default: bundled)")
     p.add_argument("--photos", type=Path, default=Path("/work/shared/data/kodak24"),
                    help="real photos for the fast-path id agreement")
+    p.add_argument("--device", default=None,
+                   help="device of the fast-path and large-image sections (default: cuda when available, else cpu)")
     p.add_argument("--only", nargs="*", choices=["peak", "quantizer", "families", "autoencoders", "fast", "large"],
                    help="run only these sections")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     reps = 2 if args.quick else 5
+    device = resolve_device(args.device)
     report = Report()
     report.put("settings", {"quick": args.quick, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                            "device": str(device),
                             "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
                             "repetitions": reps})
-    print(f"imgtok benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, quick={args.quick}")
+    print(f"imgtok benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, quick={args.quick}, "
+          f"device {device} (sections fast and large; the others measure the CPU)")
     sections = args.only or ["peak", "quantizer", "families", "autoencoders", "fast", "large"]
     started = time.time()
     if "peak" in sections:
@@ -563,11 +583,11 @@ def main(argv: list[str] | None = None) -> int:
         bench_autoencoders(report, 1 if args.quick else 3, args.quick)
     if "fast" in sections:
         if args.photos.is_dir():
-            bench_fast_path(report, reps, args.quick, args.model, args.photos)
+            bench_fast_path(report, reps, args.quick, args.model, args.photos, device)
         else:
             print(f"  fast path skipped: --photos {args.photos} is not a directory")
     if "large" in sections:
-        bench_large(report, args.quick, args.model)
+        bench_large(report, args.quick, args.model, device)
     report.put("seconds", round(time.time() - started, 1), f"\ntotal {time.time() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(report.data, indent=1))

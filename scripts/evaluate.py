@@ -256,6 +256,7 @@ def describe_model(model) -> dict:
         "model_type": cfg.model_type,
         "downsample_factor": cfg.downsample_factor,
         "parameters": sum(p.numel() for p in model.model.parameters()),
+        "device": str(model.device),
         "config": cfg.to_dict(),
     }
     if isinstance(model, ImageTokenizer):
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca-fit", type=Path, default=None, help="fit the PCA on this held-out folder "
                    "(default: on the evaluated images themselves)")
     p.add_argument("--no-curves", action="store_true", help="skip the JPEG/WebP quality sweeps of the R-D plot")
-    p.add_argument("--device", default=None, help="torch device for the model (default cpu)")
+    p.add_argument("--device", default=None, help="torch device for the model (default: cuda when available, else cpu)")
     return p
 
 
@@ -428,6 +429,7 @@ def evaluate(args: argparse.Namespace, log: Callable[[str], None] = print) -> di
     started = time.time()
     files = list_images(args.data, args.limit)
     model = load_model(args.model, args.device)
+    log(f"model on {model.device}")
     factor = model.downsample_factor
     is_tokenizer = isinstance(model, ImageTokenizer)
     perceptual = load_perceptual_metric(args.perceptual)

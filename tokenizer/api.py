@@ -24,6 +24,7 @@ from torch import nn
 from .checkpoints import build, save_folder
 from .colour import is_grayscale, to_gray
 from .config import AutoencoderConfig, ConfigError, KLConfig
+from .devices import resolve_device
 from .fast import InferenceOptions, autocast_context
 from .fast import configure as configure_inference
 from .hub import HubOptions
@@ -91,7 +92,8 @@ class _ImageModel(nn.Module):
         Args:
             name_or_path: a folder with config.json + model.safetensors, a Hub repo id, or None.
             revision, subfolder, cache_dir, token, local_files_only: as in ``huggingface_hub``.
-            device: where to put the model (default CPU).
+            device: where to put the model (default: the GPU when there is one, else the CPU;
+                ``tokenizer.devices.default_device``).
             dtype: weights dtype (e.g. torch.bfloat16); the quantizer always stays fp32.
         """
         options = HubOptions(revision, subfolder, cache_dir, token, local_files_only)
@@ -106,7 +108,7 @@ class _ImageModel(nn.Module):
         wrapper.folder = Path(checkpoint.source).parent  # the folder the weights were read from
         wrapper.weights_file = Path(checkpoint.source)
         wrapper.revision = revision
-        return wrapper.to(device=device, dtype=dtype)
+        return wrapper.to(device=resolve_device(device), dtype=dtype)
 
     @property
     def identity(self) -> ModelIdentity:

@@ -141,11 +141,16 @@ def _rank_and_world(config: TokenizeConfig) -> tuple[int, int]:
 
 
 def _device(config: TokenizeConfig) -> torch.device:
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if config.device is not None:
-        return torch.device(config.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+        device = torch.device(config.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # else every rank opens a CUDA context (and allocates) on GPU 0
+    return device
 
 
 def _model_record(tok: ImageTokenizer, config: TokenizeConfig) -> dict[str, Any]:

@@ -19,10 +19,13 @@ def _load(args, kind: str | None = None):
     from .api import ImageTokenizer, ImageVAE, load_any
 
     if kind == "vq":
-        return ImageTokenizer.from_pretrained(args.model, device=args.device)
-    if kind == "kl":
-        return ImageVAE.from_pretrained(args.model, device=args.device)
-    return load_any(args.model, device=args.device)
+        model = ImageTokenizer.from_pretrained(args.model, device=args.device)
+    elif kind == "kl":
+        model = ImageVAE.from_pretrained(args.model, device=args.device)
+    else:
+        model = load_any(args.model, device=args.device)
+    print(f"imgtok: running on {model.device}", file=sys.stderr)  # the default is the GPU when there is one
+    return model
 
 
 def cmd_encode(args) -> int:
@@ -145,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, p in sub.choices.items():
         p.add_argument("--model", default=None, help=MODEL_HELP)
-        p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+        p.add_argument("--device", default=None, help="torch device, e.g. cuda:1 or cpu (default: cuda when available, else cpu)")
     for register in _EXTRA_COMMANDS:
         register(sub)
     return parser

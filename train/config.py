@@ -50,7 +50,12 @@ class TrainConfig:
     max_short_side: int = 1024
     hflip: bool = True
     cache_images: bool = True  # keep decoded uint8 images in RAM (small photo sets; saves decode time)
-    num_workers: int = 0
+    # The cache's bound per rank, in MiB, shared by its loader workers; images are cached at most at
+    # max_short_side resolution, and each rank reads only its 1/world share of the files.
+    cache_mb: int = 2048
+    # Loader processes that decode and crop (torchrun gives the training process one CPU thread, too few
+    # to decode photos at GPU speed). -1: min(4, CPUs per rank - 1); 0: decode in the training process.
+    num_workers: int = -1
     # Denoising-autoencoder corruption of the input (Vincent et al. 2008); the target stays clean.
     denoise_mask_ratio: float = 0.0  # share of 8x8 patches zeroed (set to mid-grey) in the input
     denoise_noise_std: float = 0.0  # Gaussian noise std added to the input, in [0, 1] units
@@ -79,6 +84,9 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"
     threads: int = 0  # torch CPU threads (0 = torch default)
+    # How long a collective waits for a missing rank before raising (a crashed rank then ends the job
+    # with an error, not a hang). Checkpoint writing and evaluation on rank 0 must fit in it.
+    dist_timeout_minutes: float = 15.0
 
     # --- bookkeeping ---
     log_every: int = 20
@@ -222,6 +230,7 @@ def smoke(config: TrainConfig) -> TrainConfig:
     config.eval_every = 6
     config.eval_images = 2
     config.max_short_side = 64
+    config.num_workers = 0
     if config.gan_weight > 0:
         config.gan_start = min(config.gan_start, 4)
         config.disc_channels = 8

@@ -1,38 +1,49 @@
 """Training images: recursive folders, globs or list files (``tokenizer.inputs``) -> random rescaled crops with flips.
 
-Every crop is a pure function of (seed, rank, step, slot): a resumed run draws exactly the crops the
-uninterrupted run would have drawn, with any number of loader workers.
+Every crop is a pure function of (seed, rank, world, step, slot): a resumed run draws exactly the crops
+the uninterrupted run would have drawn, with any number of loader workers.
+
+Memory is bounded whatever the dataset: each rank reads only its share of the files (every world-th), an
+image is kept at most at ``max_short_side`` (larger photos are downscaled once, when read: no crop ever
+needs more), and the decoded-image cache of a rank holds at most ``cache_mb`` MiB, split between its
+loader workers (each worker is a process with its own cache).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from tokenizer.image_io import ImageError, read_image
 from tokenizer.inputs import center_crop, list_images  # finding images and the eval crop: one home
 
-__all__ = ["list_images", "RandomCrops", "StepSampler", "step_generator", "corrupt", "load_eval_images"]
+__all__ = ["list_images", "RandomCrops", "StepSampler", "step_generator", "corrupt", "default_workers", "load_eval_images"]
 
 class RandomCrops(Dataset):
-    """Item (step, slot) -> one (3, S, S) float crop in [0, 1], deterministic in (seed, rank, step, slot).
+    """Item (step, slot) -> one (3, S, S) float crop in [0, 1], deterministic in (seed, rank, world, step, slot).
 
     The image's short side is resized to a size drawn in [S, min(short side, max_short_side)] (scale
     augmentation, downscaling only), then an S x S crop is taken at a random place and flipped at random.
-    Unreadable files are reported once and skipped.
+    Unreadable files are reported once and skipped. Rank ``rank`` of ``world`` draws from every
+    world-th file only (all files when there are fewer files than ranks).
     """
 
     def __init__(self, paths: list[str], crop_size: int, seed: int = 0, rank: int = 0,
-                 max_short_side: int = 1024, hflip: bool = True, cache: bool = True):
-        self.paths = list(paths)
+                 max_short_side: int = 1024, hflip: bool = True, cache: bool = True, world: int = 1,
+                 cache_mb: int = 2048):
+        paths = list(paths)
+        self.paths = paths[rank::world] if len(paths) >= world else paths
         self.crop_size = crop_size
         self.seed, self.rank = seed, rank
-        self.max_short_side = max_short_side
+        self.max_short_side = max(max_short_side, crop_size)
         self.hflip = hflip
         self.cache = cache
+        self.cache_bytes = cache_mb * 2**20  # this process's share is decided in the process (workers)
+        self._cached_bytes = 0
         self._images: dict[int, torch.Tensor] = {}
         self.bad: set[int] = set()
 
@@ -45,14 +56,25 @@ class RandomCrops(Dataset):
         if index in self.bad:
             return None
         try:
-            image = (read_image(self.paths[index]) * 255).round().to(torch.uint8)  # (3, H, W)
+            image = read_image(self.paths[index])  # (3, H, W) float in [0, 1]
         except (ImageError, OSError) as err:
             self.bad.add(index)
             print(f"[data] skipping unreadable image {self.paths[index]}: {err}", file=sys.stderr)
             return None
-        if self.cache:
+        _, height, width = image.shape
+        if min(height, width) > self.max_short_side:  # no crop reads finer than max_short_side: keep no more
+            scale = self.max_short_side / min(height, width)
+            size = (max(self.max_short_side, round(height * scale)), max(self.max_short_side, round(width * scale)))
+            image = F.interpolate(image[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0]
+        image = (image.clamp(0, 1) * 255).round().to(torch.uint8)  # (3, H', W')
+        if self.cache and self._cached_bytes + image.numel() <= self._cache_budget():
             self._images[index] = image
+            self._cached_bytes += image.numel()
         return image
+
+    def _cache_budget(self) -> int:
+        worker = get_worker_info()
+        return self.cache_bytes // (worker.num_workers if worker is not None else 1)
 
     def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
         step, slot = key
@@ -119,6 +141,14 @@ def corrupt(x: torch.Tensor, mask_ratio: float, noise_std: float, g: torch.Gener
     if noise_std > 0:
         x = (x + noise_std * torch.randn(x.shape, generator=g).to(x.device)).clamp(0, 1)
     return x
+
+
+def default_workers(num_workers: int, local_world: int = 1) -> int:
+    """``num_workers`` as given, or for -1: min(4, CPUs per rank - 1) (one CPU left to the training process)."""
+    if num_workers >= 0:
+        return num_workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cpus // max(1, local_world) - 1))
 
 
 def load_eval_images(sources: list[str], size: int, limit: int) -> torch.Tensor | None:

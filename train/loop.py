@@ -1,19 +1,24 @@
 """The training loop, top to bottom: setup, data, step, bookkeeping, export.
 
-Single process, or DDP under ``torchrun`` (detected from ``RANK``; NCCL on CUDA, gloo on CPU). Seeds differ
-per rank; logging, samples and checkpoints come from rank 0 only; the quantizer all-reduces its codebook
-statistics itself, so every rank keeps an identical codebook.
+Single process, or DDP under any ``torchrun`` launch (detected from ``RANK``, one GPU included; NCCL on
+CUDA, gloo on CPU). Every module (autoencoder, discriminator) is built from the same seed on every rank,
+then the ranks' random streams diverge (a seed per rank, as DiT). The autoencoder is under DDP; the
+discriminator's gradients are averaged with one flattened all-reduce per step; the quantizer all-reduces
+its codebook statistics itself: every rank keeps identical weights. Logging, samples and checkpoints come
+from rank 0; decisions all ranks must share (stop now, resume from which step) are rank 0's, broadcast.
+
+No host-device sync in the step: losses and statistics stay on the device, summed over the logging
+window, and are read (averaged over ranks) once per ``log_every`` steps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
-import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,11 +31,12 @@ from tokenizer.metrics import psnr
 from tokenizer.models import KLModel, VQModel, build_model
 from tokenizer.pretrained import save_folder
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import resume_latest, save_checkpoint_all_ranks
+from .common import autocast_dtype, log_main, lr_at, setup_distributed, stop_together
 from .config import TrainConfig
 from .init_from import apply_train_part, load_init_weights, read_init_source
-from .data import (CORRUPTION_STREAM, RandomCrops, StepSampler, corrupt, list_images, load_eval_images,
-                   step_generator)
+from .data import (CORRUPTION_STREAM, RandomCrops, StepSampler, corrupt, default_workers, list_images,
+                   load_eval_images, step_generator)
 from .discriminator import PatchDiscriminator
 from .losses import (
     LeCam,
@@ -41,56 +47,6 @@ from .losses import (
     generator_loss,
     reconstruction_loss,
 )
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
-    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        info = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-    else:
-        info = Dist()
-    if device_pref == "auto":
-        device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(device_pref)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device(f"cuda:{info.local_rank}")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if info.world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return info, device
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "none":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp != "auto":
-        raise ValueError(f"amp={amp!r}: expected 'auto', 'bf16' or 'none'")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    # On CPUs with native bf16 (AVX512-BF16 / AMX) convolutions run about twice as fast under autocast.
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup then cosine decay to lr * min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 @torch.no_grad()
@@ -108,17 +64,22 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         self.cfg = cfg
-        self.dist, self.device = setup_distributed(cfg.device)
+        self.dist, self.device = setup_distributed(cfg.device, cfg.dist_timeout_minutes)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
+        if self.device.type == "cuda":
+            # Fixed-size crops: let cuDNN time its convolution algorithms once and keep the fastest.
+            torch.backends.cudnn.benchmark = True
         self.run_dir = Path(cfg.out)
-        # Every rank builds the same initial model (parameters *and* buffers such as the EMA codebook
-        # statistics, which DDP does not broadcast with broadcast_buffers=False); only then do the
-        # ranks' random streams diverge, one seed per rank as in DiT.
+        # Every rank builds the same initial modules (parameters *and* buffers such as the EMA codebook
+        # statistics, which DDP does not broadcast with broadcast_buffers=False; and the discriminator,
+        # which no DDP wrapper would re-synchronise); only then do the ranks' streams diverge, one seed
+        # per rank as in DiT.
         torch.manual_seed(cfg.seed)
         self.init_source = read_init_source(cfg.init_from, cfg.allow_pickle) if cfg.init_from else None
         self.model_config = cfg.model_config(self.init_source.config if self.init_source else None)
         self.model = build_model(self.model_config).to(self.device)
+        self.disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers).to(self.device) if cfg.gan_weight > 0 else None
         torch.manual_seed(cfg.seed + self.dist.rank)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
@@ -128,10 +89,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.modules: dict[str, torch.nn.Module] = {"model": self.model, "ema": self.ema}
         self.optimizers: dict[str, torch.optim.Optimizer] = {"opt": self.opt}
-        self.disc = None
         self.lecam = None
-        if cfg.gan_weight > 0:
-            self.disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers).to(self.device)
+        if self.disc is not None:
             self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
             self.modules["disc"] = self.disc
             self.optimizers["opt_d"] = self.opt_d
@@ -142,11 +101,13 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
 
         self.start_step = 0
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
-        if ckpt is not None:
-            state = load_checkpoint(ckpt, self.modules, self.optimizers)
+        state = resume_latest(self.dist, self.device, self.run_dir, self.modules, self.optimizers) if resume else None
+        if state is not None:
             self.start_step = state["step"]
-            self.log(f"resumed from {ckpt} at step {self.start_step}")
+            if not state["rng_restored"]:  # saved by a run with fewer ranks: a fresh stream, still per rank
+                torch.manual_seed(cfg.seed + self.dist.rank + 1_000_003 * self.start_step)
+            self.log(f"resumed from step {self.start_step} of {self.run_dir / 'checkpoints'}"
+                     + ("" if state["rng_restored"] else f" (no random state saved for rank {self.dist.rank})"))
         else:
             if resume:
                 self.log(f"--resume: no checkpoint in {self.run_dir}, starting fresh")
@@ -161,25 +122,29 @@ class Trainer:
             self.model_config.save(self.run_dir / "model_config.json")
 
         self.net = self.model
-        if self.dist.world > 1:
+        if self.dist.distributed:
+            # Buffers are not broadcast from rank 0 at each forward: they start equal (same seed, same
+            # checkpoint) and the quantizer keeps its own equal by all-reducing its statistics.
+            no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                              else {"broadcast_buffers": False})  # older torch
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                           broadcast_buffers=False)
+                           **no_buffer_sync)
         if cfg.compile:
             self.net = torch.compile(self.net)
 
         paths = list_images(cfg.data)
         self.dataset = RandomCrops(paths, cfg.crop_size, cfg.seed, self.dist.rank, cfg.max_short_side,
-                                   cfg.hflip, cfg.cache_images)
+                                   cfg.hflip, cfg.cache_images, world=self.dist.world, cache_mb=cfg.cache_mb)
         self.eval_images = load_eval_images(cfg.val_data, cfg.crop_size, cfg.eval_images) if self.dist.main else None
-        self.log(f"{len(paths)} training images; model {self.model_config.model_type} "
-                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params; device {self.device}; "
-                 f"autocast {self.amp_dtype}; world {self.dist.world}"
+        self.log(f"{len(paths)} training images ({len(self.dataset.paths)} on this rank); model "
+                 f"{self.model_config.model_type} {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params; "
+                 f"device {self.device}; autocast {self.amp_dtype}; world {self.dist.world}"
+                 + (" (DDP)" if self.dist.distributed else "")
                  + (f"; perceptual {self.perceptual.name}" if self.perceptual else ""))
 
     # --- helpers ----------------------------------------------------------------------------------
     def log(self, message: str) -> None:
-        if self.dist.main:
-            print(f"[train] {message}", flush=True)
+        log_main(self.dist, "train", message)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -189,8 +154,25 @@ class Trainer:
     def gan_active(self, step: int) -> bool:
         return self.disc is not None and step >= self.cfg.gan_start
 
+    @torch.no_grad()
+    def _average_disc_grads(self, extra: torch.Tensor) -> torch.Tensor:
+        """Average the discriminator's gradients (and ``extra``) over ranks with ONE all-reduce; returns
+        the averaged ``extra``. Identical initial weights + identical averaged gradients keep the ranks'
+        discriminators identical, as DDP would, without DDP's trouble with two forwards per step."""
+        params = [p for p in self.disc.parameters() if p.grad is not None]
+        flat = torch.cat([p.grad.reshape(-1) for p in params] + [extra.float().reshape(-1)])  # (P + E,)
+        if self.dist.distributed:
+            dist.all_reduce(flat)
+            flat /= self.dist.world
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+        return flat[offset:]
+
     # --- one step ---------------------------------------------------------------------------------
-    def train_step(self, step: int, batch: torch.Tensor) -> dict[str, float]:
+    def train_step(self, step: int, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns its statistics as 0-dim tensors still on the device."""
         cfg = self.cfg
         for group in self.opt.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -204,75 +186,101 @@ class Trainer:
             noisy = clean
         target = (clean * 2 - 1).contiguous(memory_format=self.memory_format)  # (B, 3, H, W) in [-1, 1]
         inputs = (noisy * 2 - 1).contiguous(memory_format=self.memory_format)
-        stats: dict[str, float] = {}
+        stats: dict[str, torch.Tensor] = {}
+        gan = self.gan_active(step)
         with self.autocast():
             out = self.net(inputs)
             recon = out.reconstruction
             rec = reconstruction_loss(recon, target, cfg.l1_weight, cfg.l2_weight)
-            stats["rec"] = rec.item()
+            stats["rec"] = rec
             if self.perceptual is not None:
                 p = self.perceptual(recon, target)
                 rec = rec + cfg.perceptual_weight * p
-                stats["perceptual"] = p.item()
+                stats["perceptual"] = p
             total = rec
             if isinstance(self.model, VQModel):
                 q = out.quantizer
                 total = total + q.loss
-                stats.update(codebook=q.codebook_loss.item(), commit=q.commitment_loss.item(),
-                             perplexity=q.perplexity.item(), usage=q.usage.item())
+                stats.update(codebook=q.codebook_loss, commit=q.commitment_loss, perplexity=q.perplexity, usage=q.usage)
                 if cfg.entropy_weight > 0:
-                    ent = codebook_entropy_loss(self.model.quantizer, self.model.encode_latents(inputs), cfg.entropy_temperature)
+                    # The forward pass's own latents (inside DDP, no second encoder pass), chunked distances.
+                    ent = codebook_entropy_loss(self.model.quantizer, q.latents, cfg.entropy_temperature)
                     total = total + cfg.entropy_weight * ent
-                    stats["entropy"] = ent.item()
+                    stats["entropy"] = ent
             elif isinstance(self.model, KLModel):
                 # Per-element KL, so kl_weight matches LDM's weight on its sum-normalised losses.
                 kl = out.kl.mean() / target[0].numel()
                 total = total + cfg.kl_weight * kl
-                stats["kl"] = kl.item()
-            if self.gan_active(step):
+                stats["kl"] = kl
+            if gan:
+                self.disc.requires_grad_(False)  # the generator's loss needs no discriminator gradients
                 g = generator_loss(self.disc(recon.float()), cfg.gan_loss)
+                self.disc.requires_grad_(True)
                 weight = adaptive_gan_weight(rec, g, self.model.decoder.last_layer, cfg.adaptive_weight_max)
                 total = total + cfg.gan_weight * weight * g
-                stats.update(gan_g=g.item(), gan_weight=weight.item())
+                stats.update(gan_g=g, gan_weight=weight)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         if cfg.grad_clip > 0:
-            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
 
-        if self.gan_active(step):
+        if gan:
             with self.autocast():
-                real = self.disc(target)
-                fake = self.disc(recon.detach().float())
-                d_loss = discriminator_loss(real.float(), fake.float(), cfg.gan_loss)
+                real = self.disc(target).float()
+                fake = self.disc(recon.detach().float()).float()
+                d_loss = discriminator_loss(real, fake, cfg.gan_loss)
                 if self.lecam is not None:
-                    d_loss = d_loss + cfg.lecam_weight * self.lecam(real.float(), fake.float())
+                    d_loss = d_loss + cfg.lecam_weight * self.lecam(real, fake)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
-            if self.dist.world > 1:  # the discriminator is not wrapped in DDP: average its gradients by hand
-                for p in self.disc.parameters():
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= self.dist.world
+            means = torch.stack([real.mean(), fake.mean()]).detach()  # (2,) for LeCam's anchors
+            means = self._average_disc_grads(means)
+            if self.lecam is not None:
+                self.lecam.update(means[0], means[1])  # the ranks' average: identical anchors everywhere
             self.opt_d.step()
-            stats["gan_d"] = d_loss.item()
+            stats["gan_d"] = d_loss
 
         decay = 0.0 if step < cfg.ema_start else min(cfg.ema_decay, (1 + step) / (10 + step))
         update_ema(self.ema, self.model, decay)
-        stats["loss"] = total.item()
-        stats["lr"] = self.opt.param_groups[0]["lr"]
-        return stats
+        stats["loss"] = total
+        return {k: v.detach().float() for k, v in stats.items()}
 
     # --- bookkeeping ------------------------------------------------------------------------------
+    def reduce_stats(self, sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
+        """Window sums of every rank -> means over steps and ranks, read back with one host sync.
+        A collective: every rank calls it at the same steps (the keys are the same on every rank)."""
+        if not sums:
+            return {}
+        keys = sorted(sums)
+        values = torch.stack([sums[k] / counts[k] for k in keys])  # (S,)
+        if self.dist.distributed:
+            dist.all_reduce(values)
+            values /= self.dist.world
+        return dict(zip(keys, values.tolist()))
+
+    def _reconstruct(self, x: torch.Tensor):
+        """The EMA model on (B, 3, H, W) in [-1, 1], deterministic (a VAE decodes its posterior mean)."""
+        return self.ema(x, sample=False) if isinstance(self.ema, KLModel) else self.ema(x)
+
+    def _bookkeeping_rng(self):
+        """Evaluation and samples run on rank 0 only: whatever they draw must not move its training stream
+        (a resumed rank 0 would otherwise draw differently from the uninterrupted one)."""
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
         if self.eval_images is None:
             return {}
+        with self._bookkeeping_rng():
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, float]:
         psnrs, counts = [], None
         for start in range(0, len(self.eval_images), 4):
             x = self.eval_images[start : start + 4].to(self.device)
             with self.autocast():
-                out = self.ema(x * 2 - 1)
+                out = self._reconstruct(x * 2 - 1)
             recon = ((out.reconstruction.float() + 1) / 2).clamp(0, 1)
             psnrs.append(psnr(recon.cpu(), x.cpu()))
             if isinstance(self.ema, VQModel):
@@ -289,8 +297,8 @@ class Trainer:
         import torchvision
 
         x = (self.eval_images[:8] if self.eval_images is not None else batch[:8]).to(self.device)
-        with self.autocast():
-            recon = self.ema(x * 2 - 1).reconstruction
+        with self._bookkeeping_rng(), self.autocast():
+            recon = self._reconstruct(x * 2 - 1).reconstruction
         recon = ((recon.float() + 1) / 2).clamp(0, 1)
         grid = torchvision.utils.make_grid(torch.cat([x.float(), recon]), nrow=len(x), padding=2)  # input row | recon row
         folder = self.run_dir / "samples"
@@ -298,10 +306,10 @@ class Trainer:
         save_image(grid.cpu(), folder / f"step_{step:07d}.png")
 
     def checkpoint(self, step: int) -> None:
-        if self.dist.main:
-            save_checkpoint(self.run_dir, step, self.modules, self.optimizers,
-                            {"config": self.cfg.to_dict(), "model_config": self.model_config.to_dict()})
-        if self.dist.world > 1:
+        """A collective: every rank calls it at the same step; rank 0 writes every rank's random state."""
+        save_checkpoint_all_ranks(self.dist, self.device, self.run_dir, step, self.modules, self.optimizers,
+                                  {"config": self.cfg.to_dict(), "model_config": self.model_config.to_dict()})
+        if self.dist.distributed:
             dist.barrier()
 
     def export(self, folder: Path) -> Path:
@@ -315,24 +323,32 @@ class Trainer:
         sampler = StepSampler(self.start_step, end, cfg.batch_size)
         # A private generator: creating the loader's iterator draws a base seed, and from the global
         # generator that draw would shift every later random number of a resumed run by one.
-        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+        workers = default_workers(cfg.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
                             persistent_workers=False, pin_memory=self.device.type == "cuda",
+                            prefetch_factor=2 if workers > 0 else None,
                             generator=torch.Generator().manual_seed(cfg.seed))
         self.model.train()
         apply_train_part(self.model, cfg.train_part)  # frozen parts back to eval mode
         log_file = open(self.run_dir / "log.jsonl", "a") if self.dist.main else None
-        started = time.time()
-        window_start, window_images = time.time(), 0
-        done = self.start_step
+        started = time.monotonic()
+        window_start, window_images = time.monotonic(), 0
+        sums: dict[str, torch.Tensor] = {}  # this window's statistics, summed on the device
+        counts: dict[str, int] = {}  # steps that reported each (the GAN's start mid-window)
+        done = saved = self.start_step
         last: dict[str, float] = {}
         for step, batch in enumerate(loader, start=self.start_step):
-            stats = self.train_step(step, batch)
+            for key, value in self.train_step(step, batch).items():
+                sums[key] = sums[key] + value if key in sums else value
+                counts[key] = counts.get(key, 0) + 1
             window_images += batch.shape[0] * self.dist.world
             done = step + 1
-            if done % cfg.log_every == 0 or done == end:
-                elapsed = time.time() - window_start
-                stats["images_per_s"] = window_images / max(elapsed, 1e-9)
-                window_start, window_images = time.time(), 0
+            logging = done % cfg.log_every == 0 or done == end
+            if logging:  # the one host sync of the window
+                stats = self.reduce_stats(sums, counts)
+                elapsed = time.monotonic() - window_start
+                stats.update(lr=self.opt.param_groups[0]["lr"], images_per_s=window_images / max(elapsed, 1e-9))
+                sums, counts, window_start, window_images = {}, {}, time.monotonic(), 0
                 if done % cfg.eval_every == 0 or done == end:
                     stats.update(self.evaluate(done))
                 stats["step"] = done
@@ -346,16 +362,22 @@ class Trainer:
                 self.save_samples(done, batch)
             if done % cfg.ckpt_every == 0 and done != end:
                 self.checkpoint(done)
-            if cfg.max_minutes > 0 and (time.time() - started) / 60 > cfg.max_minutes:
-                self.log(f"max_minutes={cfg.max_minutes} reached at step {done}")
-                break
-        self.checkpoint(done)
+                saved = done
+            # The stop is rank 0's decision, taken at logging steps (same steps on every rank) and
+            # broadcast: ranks deciding from their own clocks would leave some inside a collective.
+            if cfg.max_minutes > 0 and logging and done != end:
+                out_of_time = (time.monotonic() - started) / 60 > cfg.max_minutes
+                if stop_together(out_of_time, self.dist, self.device):
+                    self.log(f"max_minutes={cfg.max_minutes} reached at step {done}")
+                    break
+        if saved != done or done == self.start_step:
+            self.checkpoint(done)
         if self.dist.main:
             folder = self.export(Path(export_dir) if export_dir else self.run_dir / "export")
             self.log(f"step {done}: exported EMA weights to {folder}")
             if log_file is not None:
                 log_file.close()
-        if self.dist.world > 1:
+        if self.dist.distributed:
             dist.barrier()
         return last
 
@@ -365,7 +387,7 @@ def run(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None, s
     try:
         return trainer.fit(stop_after=stop_after, export_dir=export_dir)
     finally:
-        if trainer.dist.world > 1 and dist.is_initialized():
+        if trainer.dist.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 

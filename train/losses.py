@@ -86,7 +86,12 @@ def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_lay
 
 
 class LeCam(nn.Module):
-    """LeCam regularisation (Tseng et al. 2021, eq. 3) with EMA anchors of the discriminator outputs."""
+    """LeCam regularisation (Tseng et al. 2021, eq. 3) with EMA anchors of the discriminator outputs.
+
+    ``forward`` penalises with the anchors moved by this batch's means; ``update`` then stores anchors
+    moved by the means it is given, which under DDP are the ranks' average (so every rank keeps the same
+    anchors; alone, they are this batch's means and the two agree).
+    """
 
     def __init__(self, decay: float):
         super().__init__()
@@ -94,11 +99,30 @@ class LeCam(nn.Module):
         self.register_buffer("real_ema", torch.zeros(()))
         self.register_buffer("fake_ema", torch.zeros(()))
 
+    def anchors(self, real_mean: torch.Tensor, fake_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.real_ema * self.decay + (1 - self.decay) * real_mean.detach().float(),
+                self.fake_ema * self.decay + (1 - self.decay) * fake_mean.detach().float())
+
     def forward(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            self.real_ema.mul_(self.decay).add_(real.float().mean(), alpha=1 - self.decay)
-            self.fake_ema.mul_(self.decay).add_(fake.float().mean(), alpha=1 - self.decay)
-        return F.relu(real - self.fake_ema).pow(2).mean() + F.relu(self.real_ema - fake).pow(2).mean()
+        real_anchor, fake_anchor = self.anchors(real.float().mean(), fake.float().mean())
+        return F.relu(real - fake_anchor).pow(2).mean() + F.relu(real_anchor - fake).pow(2).mean()
+
+    @torch.no_grad()
+    def update(self, real_mean: torch.Tensor, fake_mean: torch.Tensor) -> None:
+        real_anchor, fake_anchor = self.anchors(real_mean, fake_mean)
+        self.real_ema.copy_(real_anchor)
+        self.fake_ema.copy_(fake_anchor)
+
+
+def _entropy_terms(x: torch.Tensor, codes: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(n, E) vectors -> (K + 1,): the sum over rows of p(k|x) and, last, the sum of the rows' entropies."""
+    # Negative squared distances as logits; ||x||^2 - 2 x.e + ||e||^2 as in the quantizer's lookup.
+    logits = -torch.addmm(codes.pow(2).sum(1), x, codes.t(), beta=1.0, alpha=-2.0)  # (n, K) without ||x||^2
+    logits = logits / temperature  # ||x||^2 is a per-row constant: softmax is unchanged without it
+    log_probs = logits.log_softmax(dim=1)
+    probs = log_probs.exp()
+    entropy = -(probs * log_probs).sum()
+    return torch.cat([probs.sum(0), entropy[None]])
 
 
 def codebook_entropy_loss(quantizer: nn.Module, z: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -110,7 +134,10 @@ def codebook_entropy_loss(quantizer: nn.Module, z: torch.Tensor, temperature: fl
     Args:
         quantizer: a ``VectorQuantizer`` (soft assignment over its K codes, an (N, K) matrix) or an LFQ/BSQ
             quantizer (its own factorised estimate, which never forms (N, 2^bits); its config's temperature).
-        z: (B, D, h, w) latents before quantization (``QuantizerOutput.latents``).
+        z: (B, D, h, w) latents before quantization, the forward pass's own (``QuantizerOutput.latents``).
+            For the vector quantizer the (N, K) soft assignments are computed in row blocks of the quantizer's
+            distance-block size, each recomputed in the backward pass (activation checkpointing): memory
+            holds one (rows, K) block, never (N, K) (5 GiB at batch 16 with vq-f8 at 256^2 otherwise).
         temperature: T in p(k|x) ~ exp(-||x - e_k||^2 / T) for the vector quantizer.
     """
     if isinstance(quantizer, LookupFreeQuantizer):
@@ -121,12 +148,22 @@ def codebook_entropy_loss(quantizer: nn.Module, z: torch.Tensor, temperature: fl
             f"entropy_weight > 0 needs a vector, LFQ or BSQ quantizer; this model has {type(quantizer).__name__} "
             "(FSQ needs no entropy term; residual VQ has one codebook per depth)"
         )
+    from torch.utils.checkpoint import checkpoint
+
+    from tokenizer.quantizer import DISTANCE_BLOCK_ELEMENTS
+
     with torch.autocast(z.device.type, enabled=False):
         x = quantizer.project_in(z)  # (N, E)
         codes = quantizer.codes()  # (K, E)
-        logits = -(x.pow(2).sum(1, keepdim=True) - 2 * x @ codes.t() + codes.pow(2).sum(1)) / temperature  # (N, K)
-        probs = logits.softmax(dim=1)
-        per_sample = -(probs * logits.log_softmax(dim=1)).sum(1).mean()
-        avg = probs.mean(0)
+        rows = max(1, DISTANCE_BLOCK_ELEMENTS // codes.shape[0])  # (rows, K) blocks of 64 MiB at most
+        total = x.new_zeros(codes.shape[0] + 1)
+        for start in range(0, x.shape[0], rows):
+            chunk = x[start : start + rows]  # (n, E)
+            if torch.is_grad_enabled() and (chunk.requires_grad or codes.requires_grad):
+                total = total + checkpoint(_entropy_terms, chunk, codes, temperature, use_reentrant=False)
+            else:
+                total = total + _entropy_terms(chunk, codes, temperature)
+        avg = total[:-1] / x.shape[0]  # (K,) batch-average assignment
+        per_sample = total[-1] / x.shape[0]
         batch_entropy = -(avg * torch.log(avg.clamp_min(1e-10))).sum()
         return per_sample - batch_entropy

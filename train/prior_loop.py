@@ -5,7 +5,8 @@ batch tokenizer's shards through ``tokenizer.data``), the step (AdamW, linear wa
 bf16 autocast on CUDA), evaluation (validation cross-entropy in bits per image code, against the unigram
 entropy of the codes on the training split: the loss of a model that ignores context), checkpoints
 (safetensors + JSON) and samples (constrained raster-order sampling, decoded to PNGs by the tokenizer).
-Logging, samples and checkpoints come from rank 0 only.
+Logging, samples and checkpoints come from rank 0 only; the stop and the resume step are rank 0's
+decisions, broadcast (train/common.py).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tokenizer.data import TokenShardDataset
 from tokenizer.sequence import TokenLayout
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .loop import autocast_dtype, setup_distributed
+from .checkpoint import resume_latest, save_checkpoint_all_ranks
+from .common import autocast_dtype, log_main, lr_at, setup_distributed, stop_together
 from .prior import PRIOR_SIZES, PriorConfig, TokenPrior, sample_grids
 
 LN2 = math.log(2.0)
@@ -68,6 +69,7 @@ class PriorTrainConfig:
     device: str = "auto"
     amp: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16" forces it; "none" disables it
     threads: int = 0  # torch CPU threads per process (0: torch's default)
+    dist_timeout_minutes: float = 15.0  # a collective waiting longer for a missing rank raises
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -130,14 +132,6 @@ def make_batch(layout: TokenLayout, grids: list[torch.Tensor], device: torch.dev
     return Batch(ids[:, :-1].to(device), targets.to(device), is_code.to(device))
 
 
-def lr_at(step: int, cfg: PriorTrainConfig) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 # --- the final model folder ----------------------------------------------------------------------
 def save_prior(folder: str | Path, model: TokenPrior, layout: TokenLayout, extra: dict[str, Any]) -> Path:
     """``config.json`` (prior config, layout, extras) + ``model.safetensors``."""
@@ -175,14 +169,14 @@ class PriorResult:
 class PriorTrainer:
     def __init__(self, cfg: PriorTrainConfig, resume: bool = False):
         self.cfg = cfg
-        self.dist, self.device = setup_distributed(cfg.device)
+        self.dist, self.device = setup_distributed(cfg.device, cfg.dist_timeout_minutes)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         # "auto" is bf16 on CUDA only: at this width the CPU's bf16 matmuls gain little and cost accuracy.
         cpu_auto = cfg.amp == "auto" and self.device.type != "cuda"
         self.amp_dtype = None if cpu_auto else autocast_dtype(cfg.amp, self.device)
         self.run_dir = Path(cfg.out)
-        torch.manual_seed(cfg.seed + self.dist.rank)  # seed per rank (DiT)
+        torch.manual_seed(cfg.seed)  # the same initial model on every rank
 
         self.grids = TokenGrids(cfg.tokens)
         if cfg.val_tokens:
@@ -202,15 +196,16 @@ class PriorTrainer:
         if cfg.prior not in PRIOR_SIZES:
             raise ValueError(f"prior {cfg.prior!r}: expected one of {sorted(PRIOR_SIZES)}")
         self.model = TokenPrior(PRIOR_SIZES[cfg.prior](self.layout.vocab_size, max_len)).to(self.device)
+        torch.manual_seed(cfg.seed + self.dist.rank)  # then a seed per rank (DiT)
         self.opt = self._optimizer()
         self.start_step = 0
         self.history: list[dict[str, float]] = []
-        if resume and (ckpt := latest_checkpoint(self.run_dir)) is not None:
-            state = load_checkpoint(ckpt, {"model": self.model}, {"opt": self.opt})
+        state = resume_latest(self.dist, self.device, self.run_dir, {"model": self.model}, {"opt": self.opt}) if resume else None
+        if state is not None:
             self.start_step, self.history = state["step"], state.get("history", [])
-            self.log(f"resumed from {ckpt} at step {self.start_step}")
+            self.log(f"resumed from step {self.start_step} of {self.run_dir / 'checkpoints'}")
         self.net = self.model
-        if self.dist.world > 1:
+        if self.dist.distributed:
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -231,9 +226,8 @@ class PriorTrainer:
 
     def log(self, message: str) -> None:
         if self.dist.main:
-            print(f"[prior] {message}", flush=True)
-            with open(self.run_dir / "log.txt", "a") as f:
-                f.write(message + "\n")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_main(self.dist, "prior", message, self.run_dir / "log.txt")
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -272,17 +266,17 @@ class PriorTrainer:
             valid = batch.targets != -100
             parts = [nats[batch.is_code].sum(), batch.is_code.sum(), nats[valid].sum(), valid.sum()]
             sums += torch.stack(parts).double()
-        if self.dist.world > 1:
+        if self.dist.distributed:
             dist.all_reduce(sums)
         self.model.train()
         code_nats, codes, all_nats, count = sums.tolist()
         return code_nats / max(codes, 1) / LN2, all_nats / max(count, 1) / LN2
 
     def checkpoint(self, step: int) -> None:
-        if self.dist.main:
-            extra = {"history": self.history, "prior_config": self.model.config.to_dict(),
-                     "layout": self.layout.to_dict()}
-            save_checkpoint(self.run_dir, step, {"model": self.model}, {"opt": self.opt}, extra)
+        """A collective (every rank's random state goes to rank 0, which writes)."""
+        extra = {"history": self.history, "prior_config": self.model.config.to_dict(), "layout": self.layout.to_dict()}
+        save_checkpoint_all_ranks(self.dist, self.device, self.run_dir, step, {"model": self.model}, {"opt": self.opt},
+                                  extra)
 
     def fit(self) -> PriorResult:
         cfg = self.cfg
@@ -291,7 +285,7 @@ class PriorTrainer:
         self.log(f"step {self.start_step}: val {first_bits:.3f} bits/code (before training)")
         self.model.train()
         step = self.start_step
-        tokens_seen, window_start = 0, time.time()
+        tokens_seen, window_start = 0, time.time()  # tokens_seen: a device tensor, read at logging steps
         while step < cfg.steps:
             lr = lr_at(step, cfg)
             for group in self.opt.param_groups:
@@ -305,14 +299,12 @@ class PriorTrainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.opt.step()
             step += 1
-            tokens_seen += int((batch.targets != -100).sum()) * self.dist.world
-            stop = cfg.max_minutes > 0 and time.time() - started > 60 * cfg.max_minutes
-            if self.dist.world > 1:  # every rank must leave the loop at the same step
-                flag = torch.tensor([float(stop)], device=self.device)
-                dist.broadcast(flag, 0)
-                stop = bool(flag.item())
+            tokens_seen = tokens_seen + (batch.targets != -100).sum() * self.dist.world
+            stop = False
+            if cfg.max_minutes > 0 and step % 10 == 0:  # rank 0 decides, every rank leaves at this step
+                stop = stop_together(time.time() - started > 60 * cfg.max_minutes, self.dist, self.device)
             if step % 10 == 0 or step == cfg.steps or stop:
-                rate = tokens_seen / max(time.time() - window_start, 1e-9)
+                rate = int(tokens_seen) / max(time.time() - window_start, 1e-9)
                 self.log(f"step {step}: loss {loss.item() / LN2:.3f} bits/token, lr {lr:.2e}, {rate:.0f} tokens/s")
                 tokens_seen, window_start = 0, time.time()
             if step % cfg.eval_every == 0 or step == cfg.steps or stop:
@@ -353,7 +345,7 @@ class PriorTrainer:
             self.log(f"done: step {step}, val {result.val_bits_per_code:.3f} bits/code vs unigram entropy "
                      f"{result.unigram_entropy_bits:.3f} bits (uniform {result.uniform_bits:.3f}); "
                      f"{len(result.samples)} samples in {self.run_dir / 'samples'}")
-        if self.dist.world > 1:
+        if self.dist.distributed:
             dist.barrier()
         return result
 
