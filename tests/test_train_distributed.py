@@ -164,7 +164,7 @@ def test_torchrun_with_one_process_runs_ddp_with_no_host_syncs_outside_logging(p
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     cfg = TrainConfig.from_dict(_config(photo_dir, tmp_path / "run", "vq-f8", steps=8, log_every=4, gan_weight=0.5,
                                         gan_start=0, lecam_weight=0.1, entropy_weight=0.05,
-                                        model={**smoke(TrainConfig(preset="vq-f8")).model, "dead_code_threshold": 0.0}))
+                                        model={**smoke(TrainConfig(preset="vq-f8")).model, "quantizer.dead_code_threshold": 0.0}))
     ours = (str(Path(tokenizer.__file__).parent), str(Path(train.__file__).parent))
     host_side = str(Path(train.__file__).parent / "data.py")  # CPU crops from CPU generators: no device
     syncs = []
