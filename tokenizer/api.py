@@ -30,11 +30,12 @@ from .fast import configure as configure_inference
 from .hub import HubOptions
 from .image_io import as_image_list
 from .metrics import bits_per_pixel
-from .models import AEModel, KLModel, VQModel, build_model
+from .models import AEModel, KLModel, Runner, VQModel, build_model
 from .model_card import ModelCardInfo, render_model_card
 from .presets import get_preset
 from .pretrained import load_checkpoint
 from .shipped import ModelIdentity, identify, resolve_shipped
+from .tiling import PixelSource, TiledDecoder, TiledEncoder, as_float_image, choose_tile_size
 
 Size = tuple[int, int]
 
@@ -252,9 +253,47 @@ class _ImageModel(nn.Module):
             x = x[..., : size[0], : size[1]]
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
-    def _encode_images(self, image: Any, fn: Callable[[torch.Tensor], torch.Tensor]):
+    def tiled_encoder(self, tile_size: int) -> TiledEncoder:
+        """The encoder run tile by tile (``tokenizer.tiling``), for the models' ``encoder=`` argument."""
+        return TiledEncoder(self.model.encoder, tile_size)
+
+    def tiled_decoder(self, tile_size: int) -> TiledDecoder:
+        """The decoder run tile by tile with blended borders, for ``decode_latents``' ``decoder=``."""
+        return TiledDecoder(self.model.decoder, self.downsample_factor, tile_size)
+
+    def _encode_batch(self, images: torch.Tensor, fn: Callable[..., torch.Tensor], tile_size: int | None = None):
+        """``fn(model_input, encoder)`` on (B, 3, H, W) same-size images (uint8 or float in [0, 1]).
+
+        Whole when ``choose_tile_size`` says so (the model input as one tensor, ``encoder`` None); else one
+        image at a time through a ``PixelSource`` read tile by tile and the tiled encoder.
+        """
+        tile = choose_tile_size(images.shape[-2], images.shape[-1], tile_size)
+        with self._inference_context():
+            if tile is None:
+                return fn(self._to_model_input(as_float_image(images)), None)
+            channels_last = self.inference is not None and self.inference.channels_last
+            return torch.cat([
+                fn(PixelSource(image[None], self.downsample_factor, self.device, self.dtype, channels_last),
+                   self.tiled_encoder(tile))
+                for image in images
+            ])
+
+    def _decode_batch(self, z: torch.Tensor, fn: Callable[..., torch.Tensor], size: Size | None,
+                      tile_size: int | None, grid: Size) -> torch.Tensor:
+        """``fn(z_chunk, decoder)`` over (B, ...) grids of ``grid`` (h, w) -> (B, 3, H, W) in [0, 1]; tiled if large."""
+        f = self.downsample_factor
+        tile = choose_tile_size(grid[0] * f, grid[1] * f, tile_size)
+        with self._inference_context():
+            if tile is not None:
+                return torch.cat([self._to_image(fn(z[i : i + 1], self.tiled_decoder(tile)), size)
+                                  for i in range(z.shape[0])])
+            return torch.cat([self._to_image(fn(z[s : s + self.max_batch], None), size)
+                              for s in range(0, z.shape[0], self.max_batch)])
+
+    def _encode_images(self, image: Any, fn: Callable[..., torch.Tensor], tile_size: int | None = None):
         """Apply ``fn`` to images grouped by size, in batches, and shape the result by the input's form."""
-        images, form = as_image_list(image)
+        # 8-bit images stay uint8 until a batch (or a tile) is converted: a quarter of the memory.
+        images, form = as_image_list(image, keep_uint8=True)
         results: list[torch.Tensor | None] = [None] * len(images)
         by_size: dict[Size, list[int]] = {}
         for i, img in enumerate(images):
@@ -263,8 +302,7 @@ class _ImageModel(nn.Module):
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start : start + self.max_batch]
                 batch = torch.stack([images[i] for i in chunk])  # (b, 3, H, W)
-                with self._inference_context():
-                    out = fn(self._to_model_input(batch))
+                out = self._encode_batch(batch, fn, tile_size)
                 for i, row in zip(chunk, out):
                     results[i] = row
         if form == "single":
@@ -302,18 +340,22 @@ class _ImageModel(nn.Module):
         return height, width
 
     @torch.no_grad()
-    def reconstruct(self, image: Any):
+    def reconstruct(self, image: Any, tile_size: int | None = None):
         """Encode and decode; the output has the input's size and form, float in [0, 1].
 
         A grayscale input (equal channels) comes back gray: the decoder may tint it (it only ever saw
         colour photos), and a gray picture with a colour cast is wrong however small the cast.
+
+        Args:
+            tile_size: as in ``encode`` (None: automatic above ``tiling.TILE_THRESHOLD_PIXELS``).
         """
-        images, form = as_image_list(image)
+        images, form = as_image_list(image, keep_uint8=True)
+        t = {"tile_size": tile_size}
         if form == "batch":  # one size for all: encode and decode in batches
-            outs = list(self.decode(self.encode(torch.stack(images)), size=tuple(images[0].shape[-2:])))
+            outs = list(self.decode(self.encode(torch.stack(images), **t), size=tuple(images[0].shape[-2:]), **t))
         else:
-            codes = self.encode(images)  # grouped by size inside
-            outs = [self.decode(code, size=tuple(img.shape[-2:])) for code, img in zip(codes, images)]
+            codes = self.encode(images, **t)  # grouped by size inside
+            outs = [self.decode(code, size=tuple(img.shape[-2:]), **t) for code, img in zip(codes, images)]
         outs = [to_gray(out) if is_grayscale(img) else out for out, img in zip(outs, images)]
         if form == "batch":
             return torch.stack(outs)
@@ -353,13 +395,19 @@ class ImageTokenizer(_ImageModel):
         return 2 if self.depth == 1 else 3
 
     @torch.no_grad()
-    def encode(self, image: Any) -> torch.Tensor | list[torch.Tensor]:
+    def encode(self, image: Any, tile_size: int | None = None) -> torch.Tensor | list[torch.Tensor]:
         """Image(s) -> long ids: (h, w) for one image, (B, h, w) for a batch, a list for a list
-        ((h, w, depth) and (B, h, w, depth) when ``depth`` > 1)."""
-        return self._encode_images(image, self.model.encode_ids)
+        ((h, w, depth) and (B, h, w, depth) when ``depth`` > 1).
+
+        Args:
+            image: path, PIL image, array or tensor (see ``tokenizer.image_io``), a 4-D batch, or a list.
+            tile_size: None: automatic (images above ``tiling.TILE_THRESHOLD_PIXELS`` are encoded in tiles of
+                ``tiling.DEFAULT_TILE_SIZE`` px, smaller ones whole, as always); 0: never tile; N: N-px tiles.
+        """
+        return self._encode_images(image, self.model.encode_ids, tile_size)
 
     @torch.no_grad()
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_pixels(self, pixels: torch.Tensor, tile_size: int | None = None) -> torch.Tensor:
         """Already-decoded pixels (B, 3, H, W) in [0, 1], one size, -> (B, h, w) long ids in one pass.
 
         What ``encode`` does for each batch, without its input handling (paths, lists, grouping by size),
@@ -368,8 +416,7 @@ class ImageTokenizer(_ImageModel):
         if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
             got = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
             raise ValueError(f"encode_pixels: expected a (B, 3, H, W) float tensor in [0, 1], got {got}")
-        with self._inference_context():
-            return self.model.encode_ids(self._to_model_input(pixels))
+        return self._encode_batch(pixels, self.model.encode_ids, tile_size)
 
     def _check_ids(self, ids: Any, what: str) -> torch.Tensor:
         if isinstance(ids, torch.Tensor) and ids.dtype in (torch.uint16, torch.uint32, torch.uint64):
@@ -402,27 +449,23 @@ class ImageTokenizer(_ImageModel):
         return ids
 
     @torch.no_grad()
-    def decode(self, ids: Any, size: Size | Sequence[Size] | None = None):
+    def decode(self, ids: Any, size: Size | Sequence[Size] | None = None, tile_size: int | None = None):
         """Ids -> images in [0, 1]: (h, w) -> (3, H, W); (B, h, w) -> (B, 3, H, W); list -> list.
         With ``depth`` > 1: (h, w, depth) -> (3, H, W); (B, h, w, depth) -> (B, 3, H, W).
 
         Args:
             ids: integer ids in [0, vocab_size).
             size: (H, W) to crop to (e.g. the original size before padding); for a list, one per entry.
+            tile_size: as in ``encode``, for the decoded size (grid x f); tiles are blended at their borders.
         """
         if isinstance(ids, (list, tuple)):
             sizes = self._split_sizes(size, len(ids))
-            return [self.decode(item, s) for item, s in zip(ids, sizes)]
+            return [self.decode(item, s, tile_size) for item, s in zip(ids, sizes)]
         ids = self._check_ids(ids, "decode")
         single = ids.ndim == self.grid_ndim
-        batch = ids[None] if single else ids  # (B, h, w) or (B, h, w, depth)
+        batch = (ids[None] if single else ids).to(self.device)  # (B, h, w) or (B, h, w, depth)
         size = self._checked_size(size, tuple(batch.shape[1:3]))
-        with self._inference_context():
-            outs = [
-                self._to_image(self.model.decode_ids(batch[s : s + self.max_batch].to(self.device)), size)
-                for s in range(0, batch.shape[0], self.max_batch)
-            ]
-        out = torch.cat(outs)  # (B, 3, H, W)
+        out = self._decode_batch(batch, self.model.decode_ids, size, tile_size, tuple(batch.shape[1:3]))  # (B, 3, H, W)
         return out[0] if single else out
 
     def bits_per_pixel(self, height: int, width: int) -> float:
@@ -451,11 +494,16 @@ class _LatentModel(_ImageModel):
         return (z.float() - shift) * scale
 
     @torch.no_grad()
-    def decode(self, latents: Any, size: Size | Sequence[Size] | None = None):
-        """Scaled latents -> images in [0, 1], mirroring ``encode``'s shapes."""
+    def decode(self, latents: Any, size: Size | Sequence[Size] | None = None, tile_size: int | None = None):
+        """Scaled latents -> images in [0, 1], mirroring ``encode``'s shapes.
+
+        Args:
+            size: as in ``ImageTokenizer.decode``.
+            tile_size: as in ``ImageTokenizer.decode``.
+        """
         if isinstance(latents, (list, tuple)):
             sizes = self._split_sizes(size, len(latents))
-            return [self.decode(item, s) for item, s in zip(latents, sizes)]
+            return [self.decode(item, s, tile_size) for item, s in zip(latents, sizes)]
         if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
             raise TypeError("decode: expected a float tensor of latents (C, h, w) or (B, C, h, w)")
         if latents.ndim not in (3, 4) or latents.shape[-3] != self.latent_channels:
@@ -473,12 +521,8 @@ class _LatentModel(_ImageModel):
         z = latents[None] if single else latents  # (B, C, h, w)
         scale, shift = self._scale_shift
         z = z.to(self.device).float() / scale + shift
-        with self._inference_context():
-            outs = [
-                self._to_image(self.model.decode_latents(z[s : s + self.max_batch].to(self.dtype)), size)
-                for s in range(0, z.shape[0], self.max_batch)
-            ]
-        out = torch.cat(outs)
+        out = self._decode_batch(z.to(self.dtype), self.model.decode_latents, size, tile_size,
+                                 tuple(z.shape[-2:]))  # (B, 3, H, W)
         return out[0] if single else out
 
 
@@ -496,18 +540,20 @@ class ImageVAE(_LatentModel):
         return self.model.config
 
     @torch.no_grad()
-    def encode(self, image: Any, sample: bool = False, generator: torch.Generator | None = None):
+    def encode(self, image: Any, sample: bool = False, generator: torch.Generator | None = None,
+               tile_size: int | None = None):
         """Image(s) -> scaled latents: (C, h, w) for one image, (B, C, h, w) for a batch, list for a list.
 
         Args:
             sample: draw from the posterior instead of taking its mode.
             generator: random generator for ``sample=True``.
+            tile_size: as in ``ImageTokenizer.encode``.
         """
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            post = self.model.posterior(x)
+        def fn(x: Any, encoder: Runner | None) -> torch.Tensor:
+            post = self.model.posterior(x, encoder)
             return self._scaled(post.sample(generator) if sample else post.mode())
 
-        return self._encode_images(image, fn)
+        return self._encode_images(image, fn, tile_size)
 
 
 class ImageAE(_LatentModel):
@@ -520,9 +566,13 @@ class ImageAE(_LatentModel):
     model: AEModel
 
     @torch.no_grad()
-    def encode(self, image: Any):
-        """Image(s) -> latents: (C, h, w) for one image, (B, C, h, w) for a batch, list for a list."""
-        return self._encode_images(image, lambda x: self._scaled(self.model.encode_latents(x)))
+    def encode(self, image: Any, tile_size: int | None = None):
+        """Image(s) -> latents: (C, h, w) for one image, (B, C, h, w) for a batch, list for a list.
+
+        Args:
+            tile_size: as in ``ImageTokenizer.encode``.
+        """
+        return self._encode_images(image, lambda x, enc: self._scaled(self.model.encode_latents(x, enc)), tile_size)
 
 
 API_CLASSES: dict[str, type[_ImageModel]] = {"vq": ImageTokenizer, "kl": ImageVAE, "ae": ImageAE}

@@ -11,6 +11,8 @@ Axis letters: B batch, C channels, H/W spatial size at the current level, L = H*
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -104,10 +106,8 @@ class Level(nn.Module):
             setattr(self, "downsample" if isinstance(resample, Downsample) else "upsample", resample)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, block in enumerate(self.block):
-            x = block(x)
-            if len(self.attn) > 0:
-                x = self.attn[i](x)
+        for step in _level_layers(self):
+            x = step(x)
         return x
 
 
@@ -119,7 +119,26 @@ class MidBlock(nn.Module):
         self.block_2 = ResnetBlock(channels, channels, groups, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(x)))
+        for step in _mid_layers(self):
+            x = step(x)
+        return x
+
+
+# One step of ``Encoder.layers()`` / ``Decoder.layers()``: (B, C, H, W) -> (B, C', H', W').
+Step = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _level_layers(level: Level) -> list[Step]:
+    out: list[Step] = []
+    for i, block in enumerate(level.block):
+        out.append(block)
+        if len(level.attn) > 0:
+            out.append(level.attn[i])
+    return out
+
+
+def _mid_layers(mid: MidBlock) -> list[Step]:
+    return [m for m in (mid.block_1, mid.attn_1, mid.block_2) if not isinstance(m, nn.Identity)]
 
 
 class Encoder(nn.Module):
@@ -146,14 +165,26 @@ class Encoder(nn.Module):
         self.norm_out = group_norm(in_ch, g)
         self.conv_out = nn.Conv2d(in_ch, out_channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)  # (B, C0, H, W)
-        for level in self.down:
-            h = level(h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)  # (B, C, H/2, W/2)
-        h = self.mid(h)  # (B, C, H/f, W/f)
+    def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def layers(self) -> list[Step]:
+        """The forward pass as a flat sequence of steps, in order (what ``tokenizer.tiling`` runs tile by tile).
+
+        Only ``AttnBlock`` steps mix distant positions; ``Downsample`` halves the size, the rest keep it.
+        """
+        steps: list[Step] = [self.conv_in]
+        for level in self.down:
+            steps += _level_layers(level)
+            if hasattr(level, "downsample"):
+                steps.append(level.downsample)  # (B, C, H, W) -> (B, C, H/2, W/2)
+        return steps + _mid_layers(self.mid) + [self.head]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x  # (B, in_channels, H, W)
+        for step in self.layers():
+            h = step(h)
+        return h  # (B, out_channels, H/f, W/f)
 
 
 class Decoder(nn.Module):
@@ -188,10 +219,20 @@ class Decoder(nn.Module):
         """Weight of the final conv: where the adaptive GAN weight of VQGAN (eq. 7) is measured."""
         return self.conv_out.weight
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))  # (B, C, h, w)
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def layers(self) -> list[Step]:
+        """The forward pass as a flat sequence of steps, in order (see ``Encoder.layers``; ``Upsample`` doubles)."""
+        steps: list[Step] = [self.conv_in] + _mid_layers(self.mid)
         for level in reversed(self.up):
-            h = level(h)
+            steps += _level_layers(level)
             if hasattr(level, "upsample"):
-                h = level.upsample(h)  # (B, C, 2h, 2w)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, out_channels, H, W)
+                steps.append(level.upsample)  # (B, C, h, w) -> (B, C, 2h, 2w)
+        return steps + [self.head]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = z  # (B, in_channels, h, w)
+        for step in self.layers():
+            h = step(h)
+        return h  # (B, out_channels, H, W)

@@ -62,6 +62,25 @@ def pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
+# Modes whose RGB conversion is 8 bits per channel with no alpha: for these ``pil_to_array`` is exactly
+# ``uint8 / 255``, so keeping the uint8 pixels (a quarter of the memory) and converting later, tile by tile
+# (``tokenizer.tiling``), gives the same floats.
+_UINT8_MODES = frozenset({"RGB", "L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"})
+
+
+def pil_to_uint8(image: Image.Image) -> np.ndarray | None:
+    """(H, W, 3) uint8 RGB when ``pil_to_array(image)`` is exactly that array / 255, else None."""
+    if image.mode not in _UINT8_MODES or (image.mode == "P" and "transparency" in image.info):
+        return None
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def _hwc_to_chw(array: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) -> (3, H, W): a float array is made contiguous (as before); uint8 stays a strided view."""
+    tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
+    return tensor.permute(2, 0, 1) if tensor.dtype == torch.uint8 else tensor.permute(2, 0, 1).contiguous()
+
+
 def _pixel_limit(max_pixels: int | None) -> int:
     # Read the module attribute at call time (not as a default argument), so that changing
     # ``tokenizer.image_io.MAX_PIXELS`` takes effect everywhere, including through the API.
@@ -77,12 +96,14 @@ def _check_size(width: int, height: int, max_pixels: int | None, source: Any) ->
         )
 
 
-def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
+def read_image(path: str | os.PathLike, max_pixels: int | None = None, keep_uint8: bool = False) -> torch.Tensor:
     """Decode an image file -> (3, H, W) float32 in [0, 1], EXIF orientation applied.
 
     Args:
         path: image file.
-        max_pixels: largest W*H accepted (default: ``MAX_PIXELS``).
+        max_pixels: largest W*H accepted (default: ``MAX_PIXELS``), checked before the pixels are decoded.
+        keep_uint8: return 8-bit images as (3, H, W) uint8 (``value / 255`` is the float the default
+            gives), a quarter of the memory; images with more bits or alpha are float32 either way.
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -93,7 +114,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.
         raise ImageError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
-    return _decode(path, path, max_pixels)
+    return _decode(path, path, max_pixels, keep_uint8)
 
 
 def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> torch.Tensor:
@@ -107,30 +128,35 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = None) ->
     return _decode(io.BytesIO(data), name, max_pixels)
 
 
-def _decode(file: Path | io.BytesIO, name: Any, max_pixels: int | None) -> torch.Tensor:
+def _decode(file: Path | io.BytesIO, name: Any, max_pixels: int | None, keep_uint8: bool = False) -> torch.Tensor:
     """An open-able file or buffer -> (3, H, W) float32 in [0, 1]; every PIL failure becomes an ImageError."""
     try:
         with Image.open(file) as image:
             _check_size(*image.size, max_pixels, name)
             image.load()  # full decode here, so truncation raises now and not later
             image = ImageOps.exif_transpose(image)
-            array = pil_to_array(image)
+            array = (pil_to_uint8(image) if keep_uint8 else None)
+            array = pil_to_array(image) if array is None else array
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
         raise ImageError(f"{name}: image too large ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for unknown/corrupt/truncated files
         raise ImageError(f"{name}: cannot decode image ({err}); expected a valid PNG/JPEG/WebP/... file") from err
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
+    return _hwc_to_chw(array)  # (H, W, 3) -> (3, H, W)
 
 
-def _array_to_tensor(array: np.ndarray, source: Any) -> torch.Tensor:
+def _array_to_tensor(array: np.ndarray, source: Any, max_pixels: int | None = None,
+                     keep_uint8: bool = False) -> torch.Tensor:
     """(H, W) or (H, W, C) uint8/uint16/float array -> (3, H, W) float in [0, 1]."""
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
         raise ImageError(f"{_describe(source)}: expected an (H, W) or (H, W, C) array with C in 1, 3, 4")
     _check_not_empty(array.shape[0], array.shape[1], None, source)
+    _check_size(array.shape[1], array.shape[0], max_pixels, source)  # before any float copy
+    if array.dtype == np.uint8 and keep_uint8 and array.shape[2] == 3:
+        return _hwc_to_chw(array)
     if array.dtype == np.uint8:
         data = array.astype(np.float32) / 255.0
     elif array.dtype == np.uint16:
@@ -177,7 +203,8 @@ def _channels_to_rgb(t: torch.Tensor, source: Any) -> torch.Tensor:
     raise ImageError(f"{_describe(source)}: {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
 
 
-def _tensor_to_float(t: torch.Tensor, source: Any) -> torch.Tensor:
+def _tensor_to_float(t: torch.Tensor, source: Any, max_pixels: int | None = None,
+                     keep_uint8: bool = False) -> torch.Tensor:
     """uint8 or float tensor (C, H, W) / (B, C, H, W) -> float32 in [0, 1] with 3 channels."""
     if t.ndim not in (3, 4):
         raise ImageError(f"{_describe(source)}: expected (C, H, W) or (B, C, H, W)")
@@ -187,6 +214,9 @@ def _tensor_to_float(t: torch.Tensor, source: Any) -> torch.Tensor:
             "expected channels-first with 1, 3 or 4 channels"
         )
     _check_not_empty(t.shape[-2], t.shape[-1], t.shape[0] if t.ndim == 4 else None, source)
+    _check_size(t.shape[-1], t.shape[-2], max_pixels, source)  # before any float copy
+    if t.dtype == torch.uint8 and keep_uint8 and t.shape[-3] == 3:
+        return t
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
     elif t.dtype == torch.uint16:
@@ -200,31 +230,38 @@ def _tensor_to_float(t: torch.Tensor, source: Any) -> torch.Tensor:
     return _channels_to_rgb(t, source)
 
 
-def to_tensor(image: Any, max_pixels: int | None = None) -> torch.Tensor:
-    """One image in any accepted form -> (3, H, W) float32 in [0, 1]; a 4-D tensor -> (B, 3, H, W)."""
+def to_tensor(image: Any, max_pixels: int | None = None, keep_uint8: bool = False) -> torch.Tensor:
+    """One image in any accepted form -> (3, H, W) float32 in [0, 1]; a 4-D tensor -> (B, 3, H, W).
+
+    Images above ``max_pixels`` (default ``MAX_PIXELS``) raise ``ImageError`` before any float copy is
+    made. ``keep_uint8``: 8-bit RGB stays uint8 (see ``read_image``).
+    """
     if isinstance(image, (str, os.PathLike)):
-        return read_image(image, max_pixels)
+        return read_image(image, max_pixels, keep_uint8)
     if isinstance(image, Image.Image):
         # A PIL image from Image.open is not decoded yet: the guard still saves the decode.
         _check_size(*image.size, max_pixels, image)
-        return torch.from_numpy(np.ascontiguousarray(pil_to_array(ImageOps.exif_transpose(image)).transpose(2, 0, 1)))
+        image = ImageOps.exif_transpose(image)
+        array = pil_to_uint8(image) if keep_uint8 else None
+        return _hwc_to_chw(pil_to_array(image) if array is None else array)
     if isinstance(image, np.ndarray):
-        return _array_to_tensor(image, image)
+        return _array_to_tensor(image, image, max_pixels, keep_uint8)
     if isinstance(image, torch.Tensor):
-        return _tensor_to_float(image, image)
+        return _tensor_to_float(image, image, max_pixels, keep_uint8)
     raise ImageError(
         f"unsupported image type {type(image).__name__}; expected a path, PIL.Image, numpy array, tensor or a list"
     )
 
 
-def as_image_list(images: Any, max_pixels: int | None = None) -> tuple[list[torch.Tensor], str]:
+def as_image_list(images: Any, max_pixels: int | None = None,
+                  keep_uint8: bool = False) -> tuple[list[torch.Tensor], str]:
     """Normalise the input of ``encode`` into a list of (3, H, W) tensors and its form.
 
     The form is "single" (one image), "batch" (a 4-D tensor) or "list"; outputs mirror it.
     """
     if isinstance(images, (list, tuple)):
-        return [to_tensor(item, max_pixels) for item in _flat(images)], "list"
-    tensor = to_tensor(images, max_pixels)
+        return [to_tensor(item, max_pixels, keep_uint8) for item in _flat(images)], "list"
+    tensor = to_tensor(images, max_pixels, keep_uint8)
     if tensor.ndim == 4:
         return list(tensor.unbind(0)), "batch"
     return [tensor], "single"

@@ -9,6 +9,7 @@ Axis letters: B batch, H/W image size, h/w latent grid (H/f, W/f), D latent chan
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from .blocks import Decoder, Encoder
 from .config import AEConfig, AutoencoderConfig, KLConfig, VQConfig
 from .quantizer import QuantizerOutput
 from .quantizers import build_quantizer
+
+# Runs an encoder or decoder on its input: the module itself, or a tiled runner (``tokenizer.tiling``).
+Runner = Callable[[Any], torch.Tensor]
 
 
 class DiagonalGaussian:
@@ -88,9 +92,12 @@ class _Autoencoder(nn.Module):
     def downsample_factor(self) -> int:
         return self.config.downsample_factor
 
-    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, D, h, w) bottleneck latents -> (B, 3, h*f, w*f) image in about [-1, 1]."""
-        return self.decoder(self.post_quant_conv(z))
+    def decode_latents(self, z: torch.Tensor, decoder: Runner | None = None) -> torch.Tensor:
+        """(B, D, h, w) bottleneck latents -> (B, 3, h*f, w*f) image in about [-1, 1].
+
+        ``decoder`` replaces ``self.decoder`` (``tokenizer.tiling`` passes one that runs it tile by tile).
+        """
+        return (decoder or self.decoder)(self.post_quant_conv(z))
 
 
 class VQModel(_Autoencoder):
@@ -111,19 +118,22 @@ class VQModel(_Autoencoder):
         """Ids per grid position (residual VQ depths; else 1)."""
         return self.quantizer.depth
 
-    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, D, h, w) continuous latents before quantization."""
-        return self.quant_conv(self.encoder(x))
+    def encode_latents(self, x: Any, encoder: Runner | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, D, h, w) continuous latents before quantization.
 
-    def encode_ids(self, x: torch.Tensor) -> torch.Tensor:
+        ``encoder`` replaces ``self.encoder`` (``tokenizer.tiling`` passes one that reads x tile by tile).
+        """
+        return self.quant_conv((encoder or self.encoder)(x))
+
+    def encode_ids(self, x: Any, encoder: Runner | None = None) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, h, w) long ids ((B, h, w, depth) for residual VQ)."""
-        return self.quantizer.lookup(self.encode_latents(x))
+        return self.quantizer.lookup(self.encode_latents(x, encoder))
 
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+    def decode_ids(self, ids: torch.Tensor, decoder: Runner | None = None) -> torch.Tensor:
         """(B, h, w) ids ((B, h, w, depth) for residual VQ) -> (B, 3, H, W)."""
         z = self.quantizer.latents_from_ids(ids)  # (B, D, h, w)
         param = self.post_quant_conv.weight if self.config.has_post_quant_conv else self.decoder.conv_in.weight
-        return self.decode_latents(z.to(param.dtype))
+        return self.decode_latents(z.to(param.dtype), decoder)
 
     def forward(self, x: torch.Tensor) -> VQModelOutput:
         q = self.quantizer(self.encode_latents(x))
@@ -137,8 +147,8 @@ class KLModel(_Autoencoder):
         # The encoder emits mean and log-variance stacked on channels ("double_z").
         super().__init__(config, 2 * config.z_channels, 2 * config.latent_channels)
 
-    def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
-        moments = self.quant_conv(self.encoder(x))  # (B, 2D, h, w)
+    def posterior(self, x: Any, encoder: Runner | None = None) -> DiagonalGaussian:
+        moments = self.quant_conv((encoder or self.encoder)(x))  # (B, 2D, h, w)
         mean, logvar = moments.chunk(2, dim=1)  # (B, D, h, w) each
         low, high = self.config.logvar_clamp
         return DiagonalGaussian(mean, logvar.clamp(low, high))
@@ -155,8 +165,8 @@ class AEModel(_Autoencoder):
     def __init__(self, config: AEConfig):
         super().__init__(config, config.z_channels, config.latent_channels)
 
-    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(x))
+    def encode_latents(self, x: Any, encoder: Runner | None = None) -> torch.Tensor:
+        return self.quant_conv((encoder or self.encoder)(x))
 
     def forward(self, x: torch.Tensor) -> AEModelOutput:
         z = self.encode_latents(x)

@@ -1,0 +1,127 @@
+"""Tiled encode/decode (tokenizer.tiling): same ids as the whole-image encode, seamless decode, bounded memory.
+
+Small models and small generated images, forced into many tiles with a small ``tile_size``; the memory
+test runs in a separate process and asserts no timing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from tokenizer import ImageError, ImageTokenizer, ImageVAE, tiling
+from tokenizer.tiling import PixelSource, TiledEncoder, choose_tile_size
+
+
+def photo_like(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """(3, H, W) uint8: smooth colour fields, edges and a little noise (not pure noise, not flat)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    base = torch.stack([torch.sin(6 * xx + 2 * yy), torch.cos(5 * yy - 3 * xx), (xx > 0.4).float() - yy])
+    img = 0.5 + 0.3 * base + 0.05 * torch.randn(3, height, width, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def test_choose_tile_size_rules():
+    t = tiling.TILE_THRESHOLD_PIXELS
+    assert choose_tile_size(1024, t // 1024) is None  # at the threshold: whole
+    assert choose_tile_size(1024, t // 1024 + 1) == tiling.DEFAULT_TILE_SIZE
+    assert choose_tile_size(4000, 3000, 0) is None
+    assert choose_tile_size(64, 64, 64) is None  # fits one tile
+    assert choose_tile_size(64, 65, 64) == 64
+    with pytest.raises(ValueError, match="tile_size"):
+        choose_tile_size(10, 10, -1)
+
+
+def test_small_images_are_not_tiled_and_uint8_gives_the_float_ids(tiny_tokenizer):
+    img = photo_like(40, 56)
+    ids = tiny_tokenizer.encode(img)
+    assert torch.equal(ids, tiny_tokenizer.encode(img, tile_size=0))
+    assert torch.equal(ids, tiny_tokenizer.encode(img.float() / 255.0))  # uint8 kept until the batch: same floats
+
+
+@pytest.mark.parametrize("overrides", [{}, {"attn_levels": (1,)}, {"mid_attention": False}])
+def test_tiled_ids_match_untiled(overrides):
+    # vq-tiny has mid-block attention (run on the whole map); attn_levels adds attention at f=2.
+    tok = ImageTokenizer.from_preset("vq-tiny", **overrides)
+    img = photo_like(96, 136)
+    ref = tok.encode(img, tile_size=0)
+    ids = tok.encode(img, tile_size=32)  # 3 x 5 tiles
+    assert ids.shape == ref.shape
+    assert (ids == ref).float().mean() >= 0.995
+
+
+def test_tiled_features_equal_untiled_with_a_whole_image_halo(tiny_tokenizer):
+    # With a halo covering the image, only the GroupNorm statistics passes differ from the plain forward.
+    tok = tiny_tokenizer
+    img = photo_like(48, 64)[None]
+    with torch.no_grad():
+        ref = tok.model.encoder(tok._to_model_input(img.float() / 255))
+        out = TiledEncoder(tok.model.encoder, 16, halo=128)(PixelSource(img, 2, tok.device, tok.dtype))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tiled_vae_latents_and_decode_match_untiled(tiny_vae):
+    img = photo_like(96, 128)
+    ref = tiny_vae.encode(img, tile_size=0)
+    lat = tiny_vae.encode(img, tile_size=32)
+    torch.testing.assert_close(lat, ref, rtol=1e-3, atol=1e-3)
+    whole = tiny_vae.decode(ref, tile_size=0)
+    tiled = tiny_vae.decode(ref, tile_size=32)
+    assert tiled.shape == whole.shape == (3, 96, 128)
+    assert (tiled - whole).abs().max() < 1e-3
+
+
+def test_reconstruct_takes_tile_size(tiny_tokenizer):
+    img = photo_like(70, 90)
+    out = tiny_tokenizer.reconstruct(img, tile_size=32)
+    assert out.shape == (3, 70, 90)
+    assert (out - tiny_tokenizer.reconstruct(img, tile_size=0)).abs().max() < 0.02
+
+
+def test_pixel_limit_refuses_in_memory_images_before_converting(tiny_tokenizer, monkeypatch):
+    from tokenizer import image_io
+
+    monkeypatch.setattr(image_io, "MAX_PIXELS", 40 * 40)
+    with pytest.raises(ImageError, match=r"41x40 = 1640 pixels exceeds the limit of 1600"):
+        tiny_tokenizer.encode(np.zeros((40, 41, 3), dtype=np.uint8))
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        tiny_tokenizer.encode(torch.zeros(3, 41, 40))
+
+
+MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import resource, torch
+    from tokenizer import ImageTokenizer
+    torch.set_num_threads(2)
+    tok = ImageTokenizer.from_preset("vq-tiny", mid_attention=False)
+    side = {side}
+    img = torch.full((3, side, side), 128, dtype=torch.uint8)
+    img[:, ::7] = 30
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ids = tok.encode(img, tile_size={tile})
+    assert ids.shape == (side // 2, side // 2)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)  # KiB on Linux
+    """
+)
+
+
+def _grown(side: int, tile: int) -> int:
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT.format(side=side, tile=tile)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_tiled_encode_memory_is_bounded():
+    # 1600^2 at 8 channels: one full-resolution activation is 82 MiB, and the untiled encoder holds several.
+    side = 1600
+    activation = 8 * side * side * 4
+    untiled, tiled = _grown(side, 0), _grown(side, 256)
+    assert untiled > 2 * activation, f"untiled grew only {untiled / 2**20:.0f} MiB"
+    assert tiled < untiled / 3, f"tiled {tiled / 2**20:.0f} MiB vs untiled {untiled / 2**20:.0f} MiB"
