@@ -125,3 +125,25 @@ def test_tiled_encode_memory_is_bounded():
     untiled, tiled = _grown(side, 0), _grown(side, 256)
     assert untiled > 2 * activation, f"untiled grew only {untiled / 2**20:.0f} MiB"
     assert tiled < untiled / 3, f"tiled {tiled / 2**20:.0f} MiB vs untiled {untiled / 2**20:.0f} MiB"
+
+
+def test_native_batch_run_records_a_refused_image_and_goes_on(tmp_path, saved_tiny_tokenizer):
+    import json
+
+    from PIL import Image
+
+    from tokenizer.batch_tokenize import TokenizeConfig, tokenize_dataset
+
+    folder, _ = saved_tiny_tokenizer
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(photo_like(40, 40).permute(1, 2, 0).numpy()).save(src / "a_big.png")
+    Image.fromarray(photo_like(20, 24).permute(1, 2, 0).numpy()).save(src / "b_small.png")
+    config = TokenizeConfig(input=str(src), output=str(tmp_path / "out"), model=str(folder), native=True,
+                            workers=0, max_pixels=1000, tile_size=16, progress=False)
+    result = tokenize_dataset(config)
+    assert (result.images, result.errors) == (1, 1)
+    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert errors[0]["key"] == "a_big.png" and "40x40 = 1600 pixels exceeds the limit of 1000" in errors[0]["error"]
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert meta["encode"]["tiling"]["tile_size"] == 16

@@ -80,6 +80,8 @@ class TokenizeConfig:
         rank, world_size: this process's share (None: from RANK/WORLD_SIZE, as torchrun sets them).
         max_shards: stop after writing this many new shards (a time-boxed job; rerun to continue).
         max_pixels: decompression-bomb guard per image (default: ``tokenizer.image_io.MAX_PIXELS``).
+        tile_size: tiled encode (``tokenizer.tiling``): None automatic (images above 1 MiP in 512 px tiles),
+            0 never, N px tiles; recorded in metadata.json, since tiling can flip a near-tied code.
         progress: print images/s and ETA to stderr.
     """
 
@@ -98,9 +100,12 @@ class TokenizeConfig:
     world_size: int | None = None
     max_shards: int | None = None
     max_pixels: int | None = None
+    tile_size: int | None = None
     progress: bool = True
 
     def validate(self) -> None:
+        if self.tile_size is not None and self.tile_size < 0:
+            raise TokenizeError(f"tile_size = {self.tile_size}; expected 0 (never tile) or a positive integer")
         for name in ("size", "batch_size", "shard_size"):
             if getattr(self, name) < 1:
                 raise TokenizeError(f"{name} = {getattr(self, name)}; expected a positive integer")
@@ -171,6 +176,14 @@ def _model_record(tok: ImageTokenizer, config: TokenizeConfig) -> dict[str, Any]
     }
 
 
+def _tiling_record(tile_size: int | None) -> dict[str, Any]:
+    """How images are tiled (``tokenizer.tiling``): the same settings give the same ids on any machine."""
+    from . import tiling
+
+    return {"tile_size": tile_size, "threshold_pixels": tiling.TILE_THRESHOLD_PIXELS,
+            "default_tile_size": tiling.DEFAULT_TILE_SIZE, "halo_pixels": tiling.HALO_PIXELS}
+
+
 def _metadata(tok: ImageTokenizer, config: TokenizeConfig, spec: InputSpec, preprocess: Preprocess,
               num_inputs: int, device: torch.device) -> dict[str, Any]:
     from . import __version__
@@ -187,7 +200,8 @@ def _metadata(tok: ImageTokenizer, config: TokenizeConfig, spec: InputSpec, prep
         "shard_size": config.shard_size,
         "num_shards": math.ceil(num_inputs / config.shard_size),
         # Batch composition and the device's kernels can flip near-tied codes: a resume must keep both.
-        "encode": {"batch_size": config.batch_size, "device_type": device.type, "dtype": str(tok.dtype).replace("torch.", "")},
+        "encode": {"batch_size": config.batch_size, "device_type": device.type, "dtype": str(tok.dtype).replace("torch.", ""),
+                   "tiling": _tiling_record(config.tile_size)},
     }
 
 
@@ -249,8 +263,10 @@ class _ShardWriter:
     # Native mode: decoded images waiting in partly filled shape buckets, in batches' worth.
     MAX_PENDING_BATCHES = 4
 
-    def __init__(self, shard: int, out: Path, tok: ImageTokenizer, batch_size: int, dtype: np.dtype):
+    def __init__(self, shard: int, out: Path, tok: ImageTokenizer, batch_size: int, dtype: np.dtype,
+                 tile_size: int | None = None):
         self.shard, self.out, self.tok, self.batch_size, self.dtype = shard, out, tok, batch_size, dtype
+        self.tile_size = tile_size
         self.rows: dict[int, dict[str, Any]] = {}
         self.ids: dict[int, np.ndarray] = {}
         self.errors: list[dict[str, Any]] = []
@@ -277,7 +293,7 @@ class _ShardWriter:
     @torch.no_grad()
     def _encode(self, bucket: list[tuple[int, torch.Tensor]]) -> None:
         batch = torch.stack([pixels for _, pixels in bucket])  # (B, 3, H, W) in [0, 1]
-        ids = self.tok.encode_pixels(batch).cpu().numpy().astype(self.dtype)  # (B, h, w) or (B, h, w, depth), as tok.encode gives
+        ids = self.tok.encode_pixels(batch, tile_size=self.tile_size).cpu().numpy().astype(self.dtype)  # (B, h, w) or (B, h, w, depth), as tok.encode gives
         for (index, _), grid in zip(bucket, ids):
             self.ids[index] = grid
         bucket.clear()
@@ -392,7 +408,7 @@ def _run(config: TokenizeConfig, tokenizer: ImageTokenizer | None, out: Path, ra
                 if writer is not None:
                     writer.finish()
                     written += 1
-                writer = _ShardWriter(shard, out, tok, config.batch_size, dtype)
+                writer = _ShardWriter(shard, out, tok, config.batch_size, dtype, config.tile_size)
             had_error = "error" in record
             writer.add(record)
             images += 0 if had_error else 1
@@ -463,6 +479,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--rank", type=int, default=None, help="this process's rank (default: $RANK or 0)")
     parser.add_argument("--world-size", type=int, default=None, help="number of processes (default: $WORLD_SIZE or 1)")
     parser.add_argument("--max-shards", type=int, default=None, help="stop after writing this many new shards")
+    parser.add_argument("--tile-size", type=int, default=None, metavar="PX",
+                        help="tiled encode: tile side in pixels (default: images above 1 MiP in 512 px tiles; 0: never)")
     parser.add_argument("--merge-only", action="store_true",
                         help="only merge the shards' indexes in --output (after a multi-process run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -483,7 +501,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         input=args.input, output=args.output, model=args.model, revision=args.revision, size=args.size,
         native=args.native, max_side=args.max_side, batch_size=args.batch_size, workers=args.workers,
         shard_size=args.shard_size, device=args.device, rank=args.rank, world_size=args.world_size,
-        max_shards=args.max_shards, progress=not args.no_progress,
+        max_shards=args.max_shards, tile_size=args.tile_size, progress=not args.no_progress,
     )
     try:
         result = tokenize_dataset(config)

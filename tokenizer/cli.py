@@ -35,7 +35,7 @@ def cmd_encode(args) -> int:
     tok = _load(args, "vq")
     image = read_image(args.image)
     height, width = image.shape[-2:]
-    ids = tok.encode(image).cpu()
+    ids = tok.encode(image, tile_size=args.tile_size).cpu()
     path = save_ids(args.output, ids.numpy(), tok.vocab_size, (height, width), tok.identity)
     h, w = ids.shape[:2]
     deep = f" x {tok.depth} (depths)" if tok.depth > 1 else ""
@@ -62,7 +62,7 @@ def cmd_decode(args) -> int:
         print(f"imgtok decode: warning: {args.ids}: {text}", file=sys.stderr)
     size = tuple(args.size) if args.size else data.size
     try:  # the API checks dtype (float ids are refused, never cast), range and size
-        image = tok.decode(data.ids, size=size)
+        image = tok.decode(data.ids, size=size, tile_size=args.tile_size)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{args.ids}: {err}") from None
     save_image(image, args.output)
@@ -77,10 +77,12 @@ def cmd_reconstruct(args) -> int:
     from .api import ImageTokenizer
     from .image_io import read_image, save_image
     from .metrics import psnr
+    from .tiling import as_float_image
 
     model = _load(args)
-    image = read_image(args.image)
-    recon = model.reconstruct(image)
+    image = read_image(args.image, keep_uint8=True)  # 8-bit pixels stay uint8: converted tile by tile
+    recon = model.reconstruct(image, tile_size=args.tile_size)
+    image = as_float_image(image)
     save_image(recon, args.output)
     height, width = image.shape[-2:]
     h, w = model.grid_size(height, width)
@@ -148,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, p in sub.choices.items():
         p.add_argument("--model", default=None, help=MODEL_HELP)
+        if name != "info":
+            p.add_argument("--tile-size", type=int, default=None, metavar="PX",
+                           help="tile side in pixels (default: tile images above 1 MiP in 512 px tiles; 0: never)")
         p.add_argument("--device", default=None, help="torch device, e.g. cuda:1 or cpu (default: cuda when available, else cpu)")
     for register in _EXTRA_COMMANDS:
         register(sub)
