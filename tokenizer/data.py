@@ -97,12 +97,13 @@ PAD_ID = 0
 def collate_tokens(items: list[TokenItem]) -> TokenBatch:
     """``collate_fn`` for DataLoaders over ``TokenShardDataset`` / ``TokenShardIterable``: ids (B, h, w),
     padded with a mask when the grids' shapes differ."""
-    grid_sizes = torch.tensor([list(item.ids.shape) for item in items], dtype=torch.long)  # (B, 2)
+    grid_sizes = torch.tensor([list(item.ids.shape[:2]) for item in items], dtype=torch.long)  # (B, 2)
     height, width = (int(v) for v in grid_sizes.max(dim=0).values)
-    ids = torch.full((len(items), height, width), PAD_ID, dtype=torch.long)  # (B, h, w)
+    depth = tuple(items[0].ids.shape[2:])  # (depth,) for residual VQ: ids (B, h, w, depth)
+    ids = torch.full((len(items), height, width, *depth), PAD_ID, dtype=torch.long)  # (B, h, w[, depth])
     mask = torch.zeros((len(items), height, width), dtype=torch.bool)
     for row, item in enumerate(items):
-        h, w = item.ids.shape
+        h, w = item.ids.shape[:2]
         ids[row, :h, :w] = item.ids
         mask[row, :h, :w] = True
     return TokenBatch(
