@@ -157,7 +157,7 @@ def test_push_to_hub_checks_the_metrics_were_measured_on_these_weights(tiny_toke
     folder = tiny_tokenizer.save_pretrained(tmp_path / "model", model_card=False)
     metrics = tmp_path / "metrics.json"
     other = {"name": "imgtok-vq-f8", "sha256": shipped_model("bundled").sha256}
-    metrics.write_text(json.dumps({"model": other, "dataset": "kodak24", "mean": {"psnr": 23.9}}))
+    metrics.write_text(json.dumps({"model": other, "dataset": "kodak24", "means": {"psnr": 23.9}}))
     card = tmp_path / "card.md"
     script = _push_script()
     # Before: the metrics of imgtok-vq-f8 went into this model's card without a word.
@@ -165,6 +165,6 @@ def test_push_to_hub_checks_the_metrics_were_measured_on_these_weights(tiny_toke
     err = capsys.readouterr().err
     assert "measured on other weights (imgtok-vq-f8" in err and not card.exists()
     mine = {"name": str(folder), "sha256": sha256_of(folder / "model.safetensors")}
-    metrics.write_text(json.dumps({"model": mine, "dataset": "kodak24", "mean": {"psnr": 23.9}}))
+    metrics.write_text(json.dumps({"model": mine, "dataset": "kodak24", "means": {"psnr": 23.9}}))
     assert script.main([str(folder), "alice/x", "--metrics", str(metrics), "--card-only", str(card)]) == 0
     assert card.is_file()
