@@ -28,16 +28,13 @@ from pathlib import Path
 
 import torch
 
-from tokenizer.api import ImageAE, ImageTokenizer, ImageVAE
+from tokenizer.api import API_CLASSES
 from tokenizer.colour import colour_difference
-from train.data import list_images
 from tokenizer.image_io import read_image
+from tokenizer.inputs import list_images
 from tokenizer.metrics import CodebookHistogram, psnr
 from train.__main__ import config_from_argv
 from train.loop import Trainer
-
-API_CLASSES = {cls.model_type: cls for cls in (ImageTokenizer, ImageVAE, ImageAE)}
-
 
 @dataclass
 class Contender:
@@ -66,7 +63,7 @@ def load_held_out(sources: list[str], limit: int) -> list[tuple[str, torch.Tenso
 def evaluate(trainer: Trainer, images: list[tuple[str, torch.Tensor]], perceptual) -> dict[str, float]:
     """The EMA weights on the held-out photos, through the public API as a user would run them."""
     model = copy.deepcopy(trainer.ema).float().eval()
-    return evaluate_model(API_CLASSES.get(model.config.model_type, ImageTokenizer)(model), images, perceptual)
+    return evaluate_model(API_CLASSES[model.config.model_type](model), images, perceptual)
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ import sys
 
 from tokenizer.api import ImageVAE
 from tokenizer.image_io import read_image
+from tokenizer.inputs import list_images
 from tokenizer.latent_scale import latent_statistics
-from train.data import list_images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the model with the new factors here")
     args = p.parse_args(argv)
 
-    vae = ImageVAE.from_pretrained(None if args.model in ("bundled-kl", "imgtok-kl-f8") else args.model)
+    vae = ImageVAE.from_pretrained(args.model)  # shipped names (bundled-kl) resolve like any other
     paths = list_images(args.data)
     paths = paths[: args.limit] if args.limit > 0 else paths
     stats = latent_statistics(vae, (read_image(path) for path in paths))

@@ -19,16 +19,14 @@ from pathlib import Path
 
 import torch
 
-from bench_recipe import API_CLASSES, evaluate_model, load_held_out
-from tokenizer.api import ImageTokenizer
+from bench_recipe import evaluate_model, load_held_out
+from tokenizer.api import load_any
 from tokenizer.checkpoints import save_folder
-from tokenizer.pretrained import load_folder
 from tokenizer.shipped import record_version
 
 
 def load_api(folder: str | Path):
-    model = load_folder(folder).float().eval()
-    return API_CLASSES.get(model.config.model_type, ImageTokenizer)(model)
+    return load_any(folder, device="cpu").eval()
 
 
 def main(argv: list[str] | None = None) -> int:
