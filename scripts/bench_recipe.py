@@ -93,12 +93,21 @@ def evaluate_model(api, images: list[tuple[str, torch.Tensor]], perceptual) -> d
     return row
 
 
-def train_for(contender: Contender, seconds: float) -> None:
-    """Train ``contender`` for about ``seconds`` of wall time (whole steps)."""
+def train_for(contender: Contender, seconds: float, lr_minutes: float = 0.0) -> None:
+    """Train ``contender`` for about ``seconds`` of wall time (whole steps).
+
+    ``lr_minutes`` > 0: the learning-rate schedule spans that much training time instead of ``cfg.steps``.
+    Before each step the schedule's length in steps is re-estimated from the recipe's own measured rate, so a
+    slow recipe (a perceptual loss, a bigger model) ends its cosine decay at the same minute as a fast one
+    instead of being compared half-way through its schedule.
+    """
     trainer, cfg = contender.trainer, contender.trainer.cfg
     trainer.model.train()
     end = time.perf_counter() + seconds
-    while time.perf_counter() < end and contender.step < cfg.steps:
+    while time.perf_counter() < end and (lr_minutes > 0 or contender.step < cfg.steps):
+        if lr_minutes > 0 and contender.step >= cfg.warmup_steps:
+            rate = contender.step / max(contender.seconds, 1e-9)  # steps per second so far
+            cfg.steps = max(contender.step + 1, round(rate * lr_minutes * 60))
         started = time.perf_counter()
         batch = torch.stack([trainer.dataset[(contender.step, slot)] for slot in range(cfg.batch_size)])
         trainer.train_step(contender.step, batch)
@@ -120,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same for every recipe")
     p.add_argument("--perceptual", default="stlpips-alex", help="perceptual metric spec, or 'none'")
     p.add_argument("--out", required=True, help="JSON lines file to append the points to")
+    p.add_argument("--lr-over-minutes", action="store_true",
+                   help="each recipe's learning-rate decay spans --minutes of its training time, not its steps")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="save each recipe's final EMA weights to DIR/NAME (config.json + model.safetensors)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -148,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         for c in contenders:
             if not c.points:
                 continue
-            train_for(c, min(args.slice_seconds, c.points[0] * 60 - c.seconds))
-            if c.seconds >= c.points[0] * 60 - 1e-6 or c.step >= c.trainer.cfg.steps:
+            train_for(c, min(args.slice_seconds, c.points[0] * 60 - c.seconds),
+                      args.minutes if args.lr_over_minutes else 0.0)
+            done = c.step >= c.trainer.cfg.steps and not args.lr_over_minutes
+            if c.seconds >= c.points[0] * 60 - 1e-6 or done:
                 minute = c.points.pop(0)
                 row = {"recipe": c.name, "minutes": minute, "train_seconds": round(c.seconds, 1), "step": c.step,
                        "images": c.step * c.trainer.cfg.batch_size, "threads": args.threads,
@@ -158,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                     f.write(json.dumps(row) + "\n")
                 table.setdefault(minute, {})[c.name] = row
                 print(json.dumps(row), flush=True)
+                if not c.points and args.export:
+                    folder = c.trainer.export(Path(args.export) / c.name)
+                    print(f"{c.name}: exported EMA weights after {c.step} steps to {folder}", flush=True)
     keys = [k for k in ("psnr", "stlpips", "delta_e00", "usage", "perplexity") if any(
         k in r for rows in table.values() for r in rows.values())]
     print("\n| minutes | recipe | steps | " + " | ".join(keys) + " |")
