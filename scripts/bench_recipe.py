@@ -6,9 +6,11 @@
 
 Each ``--recipe NAME=ARGS`` is a ``python -m train`` command line (preset, ``--set`` overrides,
 ``--init-from``...); ``--data`` and ``--val-data`` are shared. The recipes train in turns of
-``--slice-seconds`` of wall time each (round robin), so a slow spell of a noisy machine costs every recipe
-alike; only training time counts, never evaluation. When a recipe's training time reaches one of
-``--points`` (minutes), its EMA weights are evaluated on the held-out photos at full resolution: PSNR,
+``--slice-seconds`` each (round robin), so a slow spell of a noisy machine costs every recipe alike; only
+training time counts, never evaluation. Time is the process's CPU time by default (``--clock cpu``: with
+``--threads 1`` that is CPU-minutes exactly, and other processes on the machine, or pausing this one, do not
+change it); ``--clock wall`` counts wall time instead (what a user with the machine to themselves waits).
+When a recipe's training time reaches one of ``--points`` (minutes), its EMA weights are evaluated on the held-out photos at full resolution: PSNR,
 shift-tolerant LPIPS (alex, if the ``perceptual`` extra is installed), mean CIEDE2000 colour difference,
 and for tokenizers code usage and perplexity over the held-out ids. One JSON line per point is appended to
 ``--out``; a table is printed at the end. Compare recipes only within one invocation.
@@ -41,7 +43,7 @@ class Contender:
     name: str
     trainer: Trainer
     step: int = 0
-    seconds: float = 0.0  # training wall time so far
+    seconds: float = 0.0  # training time so far (CPU or wall, --clock)
     points: list[float] = field(default_factory=list)  # minutes still to evaluate at
 
 
@@ -93,8 +95,8 @@ def evaluate_model(api, images: list[tuple[str, torch.Tensor]], perceptual) -> d
     return row
 
 
-def train_for(contender: Contender, seconds: float, lr_minutes: float = 0.0) -> None:
-    """Train ``contender`` for about ``seconds`` of wall time (whole steps).
+def train_for(contender: Contender, seconds: float, lr_minutes: float = 0.0, clock=time.process_time) -> None:
+    """Train ``contender`` for about ``seconds`` of ``clock`` time (whole steps).
 
     ``lr_minutes`` > 0: the learning-rate schedule spans that much training time instead of ``cfg.steps``.
     Before each step the schedule's length in steps is re-estimated from the recipe's own measured rate, so a
@@ -103,16 +105,16 @@ def train_for(contender: Contender, seconds: float, lr_minutes: float = 0.0) -> 
     """
     trainer, cfg = contender.trainer, contender.trainer.cfg
     trainer.model.train()
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end and (lr_minutes > 0 or contender.step < cfg.steps):
+    end = clock() + seconds
+    while clock() < end and (lr_minutes > 0 or contender.step < cfg.steps):
         if lr_minutes > 0 and contender.step >= cfg.warmup_steps:
             rate = contender.step / max(contender.seconds, 1e-9)  # steps per second so far
             cfg.steps = max(contender.step + 1, round(rate * lr_minutes * 60))
-        started = time.perf_counter()
+        started = clock()
         batch = torch.stack([trainer.dataset[(contender.step, slot)] for slot in range(cfg.batch_size)])
         trainer.train_step(contender.step, batch)
         contender.step += 1
-        contender.seconds += time.perf_counter() - started
+        contender.seconds += clock() - started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points", type=float, nargs="*", default=None,
                    help="minutes at which to evaluate (default: every quarter of --minutes)")
     p.add_argument("--slice-seconds", type=float, default=60.0, help="round-robin turn length")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="count training time as this process's CPU time (default) or wall time")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same for every recipe")
     p.add_argument("--perceptual", default="stlpips-alex", help="perceptual metric spec, or 'none'")
     p.add_argument("--out", required=True, help="JSON lines file to append the points to")
@@ -136,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     points = sorted(args.points) if args.points else [args.minutes * q / 4 for q in (1, 2, 3, 4)]
     images = load_held_out(args.val_data, args.val_limit)
     perceptual = None
@@ -162,12 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             if not c.points:
                 continue
             train_for(c, min(args.slice_seconds, c.points[0] * 60 - c.seconds),
-                      args.minutes if args.lr_over_minutes else 0.0)
+                      args.minutes if args.lr_over_minutes else 0.0, clock)
             done = c.step >= c.trainer.cfg.steps and not args.lr_over_minutes
             if c.seconds >= c.points[0] * 60 - 1e-6 or done:
                 minute = c.points.pop(0)
                 row = {"recipe": c.name, "minutes": minute, "train_seconds": round(c.seconds, 1), "step": c.step,
-                       "images": c.step * c.trainer.cfg.batch_size, "threads": args.threads,
+                       "images": c.step * c.trainer.cfg.batch_size, "threads": args.threads, "clock": args.clock,
                        **evaluate(c.trainer, images, perceptual)}
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")

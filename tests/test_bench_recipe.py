@@ -39,3 +39,32 @@ def test_two_recipes_get_every_point_evaluated(tmp_path, capsys):
         assert 0 < r["psnr"] < 100 and r["delta_e00"] >= 0
         assert ("usage" in r) == (r["recipe"] == "vq")
     assert "| minutes | recipe |" in capsys.readouterr().out
+
+
+def test_export_and_lr_schedule_over_minutes(tmp_path):
+    """--export writes each recipe's final EMA weights as a loadable folder; --lr-over-minutes ends each
+    recipe's cosine decay at --minutes whatever its step count (``steps`` here would otherwise keep it at lr)."""
+    from tokenizer.api import load_any
+
+    train, val = _images(tmp_path / "train", 4, 0), _images(tmp_path / "val", 1, 1)
+    smoke = "--smoke --set amp=none --set steps=100000 --set warmup_steps=1 --set lr=1e-3 --set min_lr_ratio=0.1"
+    seen = []
+    original = bench_recipe.train_for
+
+    def spy(contender, seconds, lr_minutes=0.0, clock=None):
+        original(contender, seconds, lr_minutes, clock)
+        seen.append(contender.trainer.opt.param_groups[0]["lr"])
+
+    bench_recipe.train_for = spy
+    try:
+        code = bench_recipe.main([
+            "--recipe", f"vq=--preset vq-f8 {smoke}", "--data", str(train), "--val-data", str(val),
+            "--minutes", "0.02", "--points", "0.02", "--slice-seconds", "0.4", "--perceptual", "none",
+            "--lr-over-minutes", "--export", str(tmp_path / "export"), "--out", str(tmp_path / "p.jsonl"),
+        ])
+    finally:
+        bench_recipe.train_for = original
+    assert code == 0
+    assert seen[-1] < 0.5e-3, seen  # decayed towards 1e-4 by the end of the minutes, not still at the peak
+    model = load_any(tmp_path / "export" / "vq")
+    assert model.model.config.model_type == "vq"
