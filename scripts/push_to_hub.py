@@ -38,11 +38,25 @@ def find_model_folder(path: Path) -> tuple[Path, Path | None]:
     )
 
 
+def portable_paths(config: dict) -> dict:
+    """The training config with every absolute path cut to its last two parts (``/home/me/data/photos/train``
+    -> ``photos/train``): a card describes the run, not the machine it ran on."""
+
+    def cut(value):
+        if isinstance(value, str) and Path(value).is_absolute():
+            return str(Path(*Path(value).parts[-2:]))
+        if isinstance(value, list):
+            return [cut(v) for v in value]
+        return value
+
+    return {key: cut(value) for key, value in config.items()}
+
+
 def training_notes(run: Path | None, notes: Path | None = None) -> str | None:
-    """Free-text notes (command, data, wall time), then the run's training config verbatim."""
+    """Free-text notes (command, data, wall time), then the run's training config (machine paths cut)."""
     parts = [notes.read_text(encoding="utf-8").strip()] if notes is not None else []
     if run is not None and (run / "train_config.json").is_file():
-        config = json.loads((run / "train_config.json").read_text())
+        config = portable_paths(json.loads((run / "train_config.json").read_text()))
         parts.append("The run's `train_config.json`:\n\n" f"```json\n{json.dumps(config, indent=2)}\n```")
     return "\n\n".join(parts) or None
 

@@ -380,9 +380,12 @@ def test_push_script_pushes_a_run_export_with_its_metrics(hub, tiny_tokenizer, t
 def test_push_script_card_only_writes_the_card_and_uploads_nothing(hub, tiny_tokenizer, tmp_path, capsys):
     run = tmp_path / "run"
     tiny_tokenizer.save_pretrained(run / "export", model_card=False)
-    (run / "train_config.json").write_text(json.dumps({"preset": "vq-tiny", "steps": 10}))
+    (run / "train_config.json").write_text(json.dumps({
+        "preset": "vq-tiny", "steps": 10, "data": ["/home/alice/data/photos/train"], "out": "/home/alice/runs/vq3",
+        "init_from": "bundled"}))
     metrics = tmp_path / "metrics.json"
-    metrics.write_text(json.dumps({"data": "/photos/kodak24", "means": {"tokenizer": {"psnr": 23.9}}}))
+    metrics.write_text(json.dumps({"data": "/photos/kodak24", "means": {
+        "tokenizer": {"psnr": 23.9, "delta_e00": 6.5}, "jpeg": {"psnr": 25.4, "delta_e00": 4.25, "bpp": 0.18}}}))
     notes = tmp_path / "notes.md"
     notes.write_text("Command: `python -m train --preset vq-tiny`; 3 minutes on 2 CPU cores.")
     spec = importlib.util.spec_from_file_location("push_to_hub_script", ROOT / "scripts" / "push_to_hub.py")
@@ -396,6 +399,10 @@ def test_push_script_card_only_writes_the_card_and_uploads_nothing(hub, tiny_tok
     assert yaml.safe_load(front)["model-index"][0]["results"][0]["metrics"][0]["value"] == 23.9
     assert "3 minutes on 2 CPU cores" in body and '"steps": 10' in body
     assert body.index("3 minutes") < body.index('"steps": 10')  # the notes first, then the config
+    # The colour error is a column of the evaluation table, the model's and the baselines'.
+    assert "ΔE00 (CIEDE2000)" in body and "| this model | - | 23.9 | 6.5 |" in body and "| jpeg | 0.18 | 25.4 | 4.25 |" in body
+    # The run's machine paths are cut to what describes the run.
+    assert "/home/alice" not in card.read_text() and '"photos/train"' in body and '"runs/vq3"' in body
     with pytest.raises(KeyError):  # nothing uploaded: the repo was never created
         hub.files("alice/card")
 

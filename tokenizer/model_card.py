@@ -37,6 +37,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "ms_ssim": ("ms_ssim", "MS-SSIM"),
     "lpips": ("lpips", "LPIPS"),
     "stlpips": ("lpips", "LPIPS (shift-tolerant)"),
+    # Mean CIEDE2000 colour difference (tokenizer/colour.py): hue and saturation drift that PSNR hardly sees.
+    "delta_e00": ("delta_e00", "ΔE00 (CIEDE2000)"),
     "codebook_usage": ("codebook_usage", "Codebook usage"),
     "perplexity": ("perplexity", "Code perplexity"),
     "bits_per_pixel": ("bits_per_pixel", "Bits per pixel"),
@@ -334,6 +336,9 @@ def _evaluation(info: ModelCardInfo) -> str:
         lines.append("")
     if info.perceptual_metric and any(k in columns for k in _PERCEPTUAL):
         lines += [f"Perceptual distance: `{info.perceptual_metric}` (lower is better).", ""]
+    if "delta_e00" in columns:
+        lines += ["ΔE00: mean CIEDE2000 colour difference per pixel (lower is better; about 2.3 is a just-noticeable "
+                  "difference).", ""]
     lines += [f"- {METRICS[k][1]}: {_fmt(info.metrics[k])}" for k in _CODEBOOK if k in info.metrics]
     return "\n".join(lines) + "\n"
 
