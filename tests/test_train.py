@@ -18,7 +18,8 @@ from tokenizer import ImageTokenizer, ImageVAE
 from train.__main__ import main as train_main
 from train.config import TrainConfig, smoke
 from train.loop import Trainer, lr_at
-from train.losses import adaptive_gan_weight, codebook_entropy_loss, discriminator_loss, generator_loss
+from train.losses import (adaptive_gan_weight, codebook_entropy_loss, discriminator_loss, generator_loss,
+                          patch_colour_loss)
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +173,23 @@ def test_entropy_regulariser_prefers_spread_codes():
     spread = codes[torch.arange(8)].t().reshape(1, 4, 2, 4)  # every code used once
     collapsed = codes[torch.zeros(8, dtype=torch.long)].t().reshape(1, 4, 2, 4)  # one code for all
     assert codebook_entropy_loss(vq, spread, 0.01) < codebook_entropy_loss(vq, collapsed, 0.01)
+
+
+def test_patch_colour_loss_sees_patch_means_only():
+    """Hand-computed: L1 of the 2x2 patch means; texture that keeps each patch's mean costs nothing."""
+    target = torch.zeros(1, 3, 4, 4)
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(2, 2)  # (4, 4), mean 0 over every 2x2 patch
+    assert float(patch_colour_loss(target + checker, target, 2)) == 0.0
+    shifted = target.clone()
+    shifted[:, 0, :2, :2] += 0.4  # red of one patch of four, on 1 channel of 3: mean |diff| = 0.4 / 12
+    assert float(patch_colour_loss(shifted, target, 2)) == pytest.approx(0.4 / 12)
+    assert float(patch_colour_loss(torch.ones(1, 3, 5, 5), torch.zeros(1, 3, 5, 5), 2)) == 1.0  # edge row dropped
+
+
+def test_colour_weight_adds_the_term_to_the_loss(photo_dir, tmp_path):
+    cfg = smoke(TrainConfig(preset="vq-f8", data=[str(photo_dir)], out=str(tmp_path / "colour"), steps=2,
+                            amp="none", colour_weight=2.0, colour_patch=8))
+    trainer = Trainer(cfg)
+    batch = torch.rand(2, 3, 32, 32)
+    stats = trainer.train_step(0, batch)
+    assert "colour" in stats and float(stats["colour"]) > 0

@@ -64,6 +64,8 @@ class TrainConfig:
     l1_weight: float = 1.0
     l2_weight: float = 0.0
     perceptual_weight: float = 0.0
+    colour_weight: float = 0.0  # L1 on the mean colour of colour_patch x colour_patch patches (losses.patch_colour_loss)
+    colour_patch: int = 8
     perceptual_net: str = "alex"  # "alex" or "vgg"; LPIPS if its weights load, else shift-tolerant LPIPS
     kl_weight: float = 1e-6  # per-element KL weight; equals LDM's kl_weight for its sum-normalised losses
     entropy_weight: float = 0.0  # codebook entropy regulariser (MaskGIT/MAGVIT-v2 style)

@@ -45,6 +45,7 @@ from .losses import (
     codebook_entropy_loss,
     discriminator_loss,
     generator_loss,
+    patch_colour_loss,
     reconstruction_loss,
 )
 
@@ -193,6 +194,10 @@ class Trainer:
             recon = out.reconstruction
             rec = reconstruction_loss(recon, target, cfg.l1_weight, cfg.l2_weight)
             stats["rec"] = rec
+            if cfg.colour_weight > 0:
+                c = patch_colour_loss(recon, target, cfg.colour_patch)
+                rec = rec + cfg.colour_weight * c
+                stats["colour"] = c
             if self.perceptual is not None:
                 p = self.perceptual(recon, target)
                 rec = rec + cfg.perceptual_weight * p
