@@ -193,3 +193,28 @@ def test_colour_weight_adds_the_term_to_the_loss(photo_dir, tmp_path):
     batch = torch.rand(2, 3, 32, 32)
     stats = trainer.train_step(0, batch)
     assert "colour" in stats and float(stats["colour"]) > 0
+
+
+@pytest.mark.parametrize("preset, settings", [
+    ("vq-tiny", {"entropy_weight": 0.1, "gan_weight": 0.5, "gan_start": 0}),
+    ("fsq-tiny", {}),
+    ("lfq-tiny", {"entropy_weight": 0.1}),
+    ("bsq-tiny", {"entropy_weight": 0.1}),
+    ("rvq-tiny", {}),
+])
+def test_one_encoder_pass_and_one_entropy_pass_per_training_step(photo_dir, tmp_path, preset, settings, monkeypatch):
+    # Every loss of a step (reconstruction, the quantizer's own, the trainer's entropy term, the GAN's
+    # adaptive weight) comes from the single forward pass: a second encoder call (e.g. encode_latents for
+    # the entropy term) or a second LFQ/BSQ entropy estimate would double their cost.
+    cfg = smoke(TrainConfig(preset=preset, data=[str(photo_dir)], out=str(tmp_path / "run"), amp="none", **settings))
+    trainer = Trainer(cfg)
+    encoder_calls, entropy_calls = [], []
+    trainer.model.encoder.register_forward_hook(lambda *_: encoder_calls.append(1))
+    quantizer = trainer.model.quantizer
+    if hasattr(quantizer, "entropy_loss"):
+        original = quantizer.entropy_loss
+        monkeypatch.setattr(quantizer, "entropy_loss", lambda x: entropy_calls.append(1) or original(x))
+    stats = trainer.train_step(0, torch.rand(2, 3, 32, 32))
+    assert len(encoder_calls) == 1
+    assert len(entropy_calls) == (1 if hasattr(quantizer, "entropy_loss") else 0)
+    assert torch.isfinite(stats["loss"]) and (("entropy" in stats) == (settings.get("entropy_weight", 0) > 0))

@@ -55,6 +55,18 @@ def bf16_supported(device: torch.device | str) -> bool:
     return False
 
 
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A block without autocast on ``device_type`` (quantizer maths stays fp32 whatever the caller's autocast).
+
+    ``torch.autocast(..., enabled=False)`` when autocast is on, else a no-op: entering and leaving
+    ``torch.autocast`` costs ~35 us of Python on a CPU (measured on this project's 2-core machine), 2% of an
+    FSQ train step at N = 16384 that had nothing to switch off.
+    """
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def full_precision_matmul():
     """Run fp32 matmuls in full fp32 inside the block (no TF32 on CUDA, no bf16 on oneDNN), then restore.
@@ -88,4 +100,4 @@ def full_precision_matmul():
             b.fp32_precision = value
 
 
-__all__ = ["default_device", "resolve_device", "bf16_supported", "full_precision_matmul"]
+__all__ = ["default_device", "resolve_device", "bf16_supported", "autocast_off", "full_precision_matmul"]

@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import FSQConfig
+from .devices import autocast_off
 from .quantizer import QuantizerOutput, code_counts, code_statistics
 
 # Widens the tanh's range a little so that the extreme levels are reached at finite inputs (as the paper's code).
@@ -45,36 +46,40 @@ class FiniteScalarQuantizer(nn.Module):
         levels = torch.tensor(config.levels, dtype=torch.long)
         # Derived from the config, so not saved with the weights.
         self.register_buffer("levels", levels, persistent=False)  # (D,)
-        self.register_buffer("basis", torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0),
-                             persistent=False)  # (D,) digit weights, channel 0 least significant
+        basis = torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)  # (D,) channel 0 least significant
+        self.register_buffer("basis", basis, persistent=False)
         self.vocab_size = math.prod(config.levels)
+        # The constants of ``bound`` as (D, 1, 1) buffers, computed once: every forward used to rebuild them
+        # from ``levels`` (8 small ops, atanh among them, ~0.1 ms of a 2 ms step at N = 16384 on one core).
+        # In fp32 exactly as vector-quantize-pytorch computes them: an ulp of difference moves bin edges.
+        half = (levels.float() - 1) * (1 + BOUND_EPS) / 2
+        offset = torch.where(levels % 2 == 0, 0.5, 0.0).float()
+        for name, value in (("half", half), ("offset", offset), ("shift", torch.atanh(offset / half)),
+                            ("half_width", levels // 2), ("basis_float", basis)):
+            self.register_buffer(f"_{name}", value.float()[:, None, None], persistent=False)  # (D, 1, 1)
+        # Ids summed in fp32 are exact while every partial sum is an integer below 2^24.
+        self._float_ids = self.vocab_size <= 2**24
+        self._id_offset = float(sum(level // 2 * b for level, b in zip(config.levels, basis.tolist())))
 
     def bound(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N, D) in (-L/2, L/2): rounds to L integers, -(L//2) .. (L-1)//2 (Mentzer et al. 2023, sec. 3).
+        """(B, D, h, w) -> (B, D, h, w) in (-L/2, L/2): rounds to L integers, -(L//2) .. (L-1)//2 (Mentzer et al.
+        2023, sec. 3).
 
         For odd L, tanh(x) (L - 1)/2 rounds to -(L-1)/2 .. (L-1)/2. For even L the range is shifted by
         half a step so that it rounds to -L/2 .. L/2 - 1 with x = 0 still inside the central bin.
         """
-        levels = self.levels.float()
-        half = (levels - 1) * (1 + BOUND_EPS) / 2  # (D,)
-        offset = torch.where(self.levels % 2 == 0, 0.5, 0.0)  # (D,)
-        shift = torch.atanh(offset / half)
-        return torch.tanh(x + shift) * half - offset
-
-    def _digits(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) fp32 latents -> (N, D) rounded values in -(L//2) .. (L-1)//2, straight-through gradient."""
-        bounded = self.bound(x)
-        # Straight-through rounding: round() in the forward pass, identity in the backward pass.
-        return bounded + (bounded.round() - bounded).detach()
-
-    def _to_codes(self, rounded: torch.Tensor) -> torch.Tensor:
-        """Rounded values -> codes in [-1, 1] (divided by L // 2, as the paper)."""
-        return rounded / (self.levels // 2).float()
+        return torch.tanh(x + self._shift) * self._half - self._offset
 
     def _pack(self, rounded: torch.Tensor) -> torch.Tensor:
-        """(N, D) rounded values -> (N,) ids (mixed radix, channel 0 least significant)."""
-        digits = rounded.detach().round().long() + self.levels // 2  # (N, D) in 0 .. L-1
-        return (digits * self.basis).sum(dim=1)
+        """(B, D, h, w) rounded values -> (B, h, w) ids (mixed radix, channel 0 least significant)."""
+        rounded = rounded.detach()
+        if self._float_ids:
+            # id = sum_i (r_i + L_i // 2) basis_i = sum_i r_i basis_i + sum_i (L_i // 2) basis_i, summed in fp32
+            # (exact: integers below 2^24) and converted to int64 once. Converting the D digits to int64 first
+            # and shifting them one by one cost 157 us against 92 us (N = 16384, one core).
+            return (rounded * self._basis_float).sum(dim=1).add_(self._id_offset).long()
+        digits = rounded.long() + (self.levels // 2)[:, None, None]  # (B, D, h, w) in 0 .. L-1
+        return (digits * self.basis[:, None, None]).sum(dim=1)
 
     def unpack(self, ids: torch.Tensor) -> torch.Tensor:
         """Ids (...) -> (..., D) digits in 0 .. L_i - 1."""
@@ -83,32 +88,33 @@ class FiniteScalarQuantizer(nn.Module):
     @torch.no_grad()
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) latents -> (B, h, w) ids."""
-        with torch.autocast(z.device.type, enabled=False):
-            x = rearrange(z.float(), "b d h w -> (b h w) d")  # (N, D)
-            ids = self._pack(self.bound(x).round())  # (N,)
-        return rearrange(ids, "(b h w) -> b h w", b=z.shape[0], h=z.shape[2])
+        with autocast_off(z.device.type):
+            return self._pack(self.bound(z.float()).round())
 
     def ids_from_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) codes (as ``latents_from_ids`` gives them) -> (B, h, w) ids; its inverse."""
-        rounded = rearrange(codes.float(), "b d h w -> b h w d") * (self.levels // 2).float()
-        return (rounded.round().long() + self.levels // 2).mul(self.basis).sum(dim=-1)
+        return self._pack((codes.float() * self._half_width).round())
 
     def latents_from_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, h, w) ids -> (B, D, h, w) codes in [-1, 1]."""
         rounded = (self.unpack(ids) - self.levels // 2).float()  # (B, h, w, D)
-        return rearrange(self._to_codes(rounded), "b h w d -> b d h w")
+        return rearrange(rounded / (self.levels // 2).float(), "b h w d -> b d h w")  # codes, as forward's
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        batch, _, height, width = z.shape
-        with torch.autocast(z.device.type, enabled=False):
-            x = rearrange(z.float(), "b d h w -> (b h w) d")  # (N, D)
-            rounded = self._digits(x)  # (N, D)
-            ids = self._pack(rounded)  # (N,)
-            codes = self._to_codes(rounded)  # (N, D)
-            perplexity, usage = code_statistics(code_counts(ids, self.vocab_size, reduce=self.training))
-            zero = codes.new_zeros(())
-        quantized = rearrange(codes, "(b h w) d -> b d h w", b=batch, h=height, w=width)  # (B, D, h, w)
-        indices = rearrange(ids, "(b h w) -> b h w", b=batch, h=height, w=width)  # (B, h, w)
+        # Elementwise in the (B, D, h, w) layout the encoder gives, the constants broadcast as (D, 1, 1):
+        # no (B, D, h, w) <-> (N, D) copies forward and backward, and every op runs vectorised along h*w (a
+        # (N, 4) * (4,) multiply took 116 us, the same on (B, 4, h, w) * (4, 1, 1) 21 us). With the constants
+        # precomputed, the ids summed in fp32 and a cheaper histogram, a train step (forward + backward,
+        # levels 8,8,8,8, N = 16384, one thread, CPU time, median of 200 on a shared machine) went from
+        # 4.2 ms to 2.3 ms; vector-quantize-pytorch's FSQ on (B, N, D) took 3.3-4.0 ms in the same runs.
+        with autocast_off(z.device.type):
+            bounded = self.bound(z.float())  # (B, D, h, w)
+            # Straight-through rounding: round() in the forward pass, identity in the backward pass.
+            rounded = bounded + (bounded.round() - bounded).detach()
+            quantized = rounded / self._half_width  # codes in [-1, 1] (divided by L // 2, as the paper)
+            indices = self._pack(rounded)  # (B, h, w)
+            perplexity, usage = code_statistics(code_counts(indices.view(-1), self.vocab_size, reduce=self.training))
+            zero = quantized.new_zeros(())
         return QuantizerOutput(quantized, indices, z, zero, zero, zero, zero, perplexity, usage)
 
     def extra_repr(self) -> str:

@@ -32,6 +32,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import BSQConfig, LFQConfig
+from .devices import autocast_off
 from .quantizer import QuantizerOutput, _distributed, code_counts, code_statistics
 
 
@@ -124,7 +125,7 @@ class LookupFreeQuantizer(nn.Module):
     @torch.no_grad()
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
         """(B, d, h, w) latents -> (B, h, w) ids."""
-        with torch.autocast(z.device.type, enabled=False):
+        with autocast_off(z.device.type):
             ids = self._pack(self.prepare(z))
         return rearrange(ids, "(b h w) -> b h w", b=z.shape[0], h=z.shape[2])
 
@@ -136,7 +137,7 @@ class LookupFreeQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         batch, _, height, width = z.shape
         cfg = self.config
-        with torch.autocast(z.device.type, enabled=False):
+        with autocast_off(z.device.type):
             x = self.prepare(z)  # (N, d)
             q = torch.where(x > 0, self.scale, -self.scale)  # (N, d)
             ids = self._pack(x)  # (N,)

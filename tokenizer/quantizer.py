@@ -32,7 +32,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import VectorQuantizerConfig
-from .devices import full_precision_matmul
+from .devices import autocast_off, full_precision_matmul
 from .metrics import perplexity as code_perplexity_of
 from .metrics import usage as code_usage_of
 
@@ -91,8 +91,12 @@ def _broadcast(t: torch.Tensor) -> torch.Tensor:
 
 def code_counts(ids: torch.Tensor, num_codes: int, reduce: bool) -> torch.Tensor:
     """(K,) fp32 histogram of (N,) ids, summed over ranks if ``reduce``."""
-    # index_add, not bincount: bincount on CUDA reads max(ids) back to the host every call.
-    counts = torch.zeros(num_codes, device=ids.device).index_add_(0, ids, torch.ones(ids.shape[0], device=ids.device))
+    if ids.device.type == "cpu":
+        # One pass, no (N,) ones: 40 us against 50 us for index_add at N = 16384, K = 4096.
+        counts = torch.bincount(ids, minlength=num_codes).float()
+    else:
+        # index_add, not bincount: bincount on CUDA reads max(ids) back to the host every call.
+        counts = torch.zeros(num_codes, device=ids.device).index_add_(0, ids, torch.ones(ids.shape[0], device=ids.device))
     return _all_reduce_sum(counts) if reduce else counts
 
 
@@ -225,13 +229,13 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) latents -> (B, h, w) ids, without the training-time side effects."""
-        with torch.autocast(z.device.type, enabled=False):
+        with autocast_off(z.device.type):
             ids = nearest_code(self.project_in(z), self.codes())  # (N,)
         return rearrange(ids, "(b h w) -> b h w", b=z.shape[0], h=z.shape[2])
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Ids of any shape (...) -> latent vectors (..., D) as the decoder receives them."""
-        with torch.autocast(ids.device.type, enabled=False):
+        with autocast_off(ids.device.type):
             return self.out_proj(F.embedding(ids, self.codes()))
 
     def latents_from_ids(self, ids: torch.Tensor) -> torch.Tensor:
@@ -241,7 +245,7 @@ class VectorQuantizer(nn.Module):
     # --- forward ----------------------------------------------------------------------------------
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         batch, _, height, width = z.shape
-        with torch.autocast(z.device.type, enabled=False):
+        with autocast_off(z.device.type):
             x = self.project_in(z)  # (N, E) fp32
             if self.training and not self._initialized_seen:
                 if not bool(self.initialized):

@@ -42,11 +42,11 @@ from .losses import (
     LeCam,
     PerceptualLoss,
     adaptive_gan_weight,
-    codebook_entropy_loss,
     discriminator_loss,
     generator_loss,
     patch_colour_loss,
     reconstruction_loss,
+    training_entropy_loss,
 )
 
 
@@ -208,8 +208,8 @@ class Trainer:
                 total = total + q.loss
                 stats.update(codebook=q.codebook_loss, commit=q.commitment_loss, perplexity=q.perplexity, usage=q.usage)
                 if cfg.entropy_weight > 0:
-                    # The forward pass's own latents (inside DDP, no second encoder pass), chunked distances.
-                    ent = codebook_entropy_loss(self.model.quantizer, q.latents, cfg.entropy_temperature)
+                    # From the forward pass's own output (inside DDP): no second encoder or entropy pass.
+                    ent = training_entropy_loss(self.model.quantizer, q, cfg.entropy_temperature)
                     total = total + cfg.entropy_weight * ent
                     stats["entropy"] = ent
             elif isinstance(self.model, KLModel):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokenizer.lfq import LookupFreeQuantizer
-from tokenizer.quantizer import VectorQuantizer
+from tokenizer.quantizer import QuantizerOutput, VectorQuantizer
 
 
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, l1: float, l2: float) -> torch.Tensor:
@@ -139,6 +139,19 @@ def _entropy_terms(x: torch.Tensor, codes: torch.Tensor, temperature: float) -> 
     probs = log_probs.exp()
     entropy = -(probs * log_probs).sum()
     return torch.cat([probs.sum(0), entropy[None]])
+
+
+def training_entropy_loss(quantizer: nn.Module, out: QuantizerOutput, temperature: float) -> torch.Tensor:
+    """The trainer's entropy term (``TrainConfig.entropy_weight``) for a training forward's output ``out``.
+
+    LFQ and BSQ compute exactly this term in their training forward when their own ``entropy_weight`` is
+    on (the same latents, their own temperature): it is taken from ``out.entropy_loss`` rather than formed
+    a second time from ``out.latents`` (a second set of (N, 2^G) matrices, forward and backward). Otherwise
+    ``codebook_entropy_loss`` on the forward pass's own latents (no second encoder pass either way).
+    """
+    if isinstance(quantizer, LookupFreeQuantizer) and quantizer.training and quantizer.config.entropy_weight > 0:
+        return out.entropy_loss
+    return codebook_entropy_loss(quantizer, out.latents, temperature)
 
 
 def codebook_entropy_loss(quantizer: nn.Module, z: torch.Tensor, temperature: float) -> torch.Tensor:
