@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -19,15 +21,25 @@ README_TABLE = {
     "kl-f8": ("kl", 8, 4),
     "kl-f8-c16": ("kl", 8, 16),
     "kl-f8-cpu": ("kl", 8, 4),
+    "vq-f8-cpu-s2c": ("vq", 8, 4096),
+    "kl-f8-cpu-s2c": ("kl", 8, 4),
     "ae-f8": ("ae", 8, 4),
     "vq-tiny": ("vq", 2, None),
     "kl-tiny": ("kl", 2, None),
     "ae-tiny": ("ae", 2, None),
+    "vq-tiny-s2c": ("vq", 4, 64),
 }
 
 
 def test_registry_holds_the_readme_presets():
     assert set(README_TABLE) <= set(PRESETS)
+
+
+def test_readme_preset_table_names_every_registered_preset():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("### Presets"):].split("\n\n")[1]  # the table: the block after the heading
+    named = set(re.findall(r"`([a-z0-9-]+)`", table))
+    assert set(PRESETS) <= named, sorted(set(PRESETS) - named)
 
 
 @pytest.mark.parametrize("name", sorted(README_TABLE))
@@ -39,7 +51,7 @@ def test_presets_match_readme_table(name):
         assert (config.vocab_size if family == "vq" else config.latent_channels) == size
     if name in ("vq-f8", "vq-f16", "vq-f4"):
         assert config.latent_channels == 8 and config.quantizer.l2_normalize
-    if name == "vq-f8-cpu":
+    if name in ("vq-f8-cpu", "vq-f8-cpu-s2c"):
         assert config.quantizer.code_dim == 8 and config.quantizer.l2_normalize
 
 

@@ -94,6 +94,28 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+class SpaceToChannel(nn.Module):
+    """Pixel-unshuffle by ``factor``: (B, C, H, W) -> (B, C*p*p, H/p, W/p), no weights (the encoder's stem)."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(x, self.factor)  # (B, C, H, W) -> (B, C*p*p, H/p, W/p)
+
+
+class ChannelToSpace(nn.Module):
+    """Pixel-shuffle by ``factor``: (B, C*p*p, h, w) -> (B, C, h*p, w*p), no weights (the decoder's last step)."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(x, self.factor)  # (B, C*p*p, h, w) -> (B, C, h*p, w*p)
+
+
 class Level(nn.Module):
     """One resolution level: ResNet blocks, optional attention after each, optional resampler."""
 
@@ -142,13 +164,19 @@ def _mid_layers(mid: MidBlock) -> list[Step]:
 
 
 class Encoder(nn.Module):
-    """Image (B, in_channels, H, W) -> features (B, out_channels, H/f, W/f)."""
+    """Image (B, in_channels, H, W) -> features (B, out_channels, H/f, W/f).
+
+    f = patch_size * 2**(levels - 1): an optional space-to-channel stem, then one ``Downsample`` per level.
+    """
 
     def __init__(self, config: AutoencoderConfig, out_channels: int):
         super().__init__()
         c, g = config, config.norm_groups
         widths = [c.base_channels * m for m in c.channel_mult]
-        self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
+        p = c.patch_size
+        # The space-to-channel stem (None in the LDM layout); no weights, so checkpoint keys are unchanged.
+        self.space_to_channel = SpaceToChannel(p) if p > 1 else None
+        self.conv_in = nn.Conv2d(c.in_channels * p * p, c.base_channels, 3, padding=1)
         levels = []
         in_ch = c.base_channels
         for i, width in enumerate(widths):
@@ -171,9 +199,12 @@ class Encoder(nn.Module):
     def layers(self) -> list[Step]:
         """The forward pass as a flat sequence of steps, in order (what ``tokenizer.tiling`` runs tile by tile).
 
-        Only ``AttnBlock`` steps mix distant positions; ``Downsample`` halves the size, the rest keep it.
+        Only ``AttnBlock`` steps mix distant positions; ``Downsample`` halves the size, ``SpaceToChannel``
+        divides it by its factor, the rest keep it.
         """
         steps: list[Step] = [self.conv_in]
+        if self.space_to_channel is not None:
+            steps.insert(0, self.space_to_channel)  # (B, 3, H, W) -> (B, 3*p*p, H/p, W/p)
         for level in self.down:
             steps += _level_layers(level)
             if hasattr(level, "downsample"):
@@ -212,7 +243,11 @@ class Decoder(nn.Module):
             levels.insert(0, Level(blocks, attns, Upsample(ch) if i > 0 else None))
         self.up = nn.ModuleList(levels)
         self.norm_out = group_norm(ch, g)
-        self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
+        p = c.patch_size
+        # With a stem, conv_out emits p*p values per output pixel at 1/p of the size, and a pixel-shuffle
+        # puts them in place (the inverse of the encoder's SpaceToChannel).
+        self.conv_out = nn.Conv2d(ch, c.out_channels * p * p, 3, padding=1)
+        self.channel_to_space = ChannelToSpace(p) if p > 1 else None
 
     @property
     def last_layer(self) -> nn.Parameter:
@@ -223,13 +258,17 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
     def layers(self) -> list[Step]:
-        """The forward pass as a flat sequence of steps, in order (see ``Encoder.layers``; ``Upsample`` doubles)."""
+        """The forward pass as a flat sequence of steps, in order (see ``Encoder.layers``; ``Upsample`` doubles,
+        ``ChannelToSpace`` multiplies by its factor)."""
         steps: list[Step] = [self.conv_in] + _mid_layers(self.mid)
         for level in reversed(self.up):
             steps += _level_layers(level)
             if hasattr(level, "upsample"):
                 steps.append(level.upsample)  # (B, C, h, w) -> (B, C, 2h, 2w)
-        return steps + [self.head]
+        steps.append(self.head)
+        if self.channel_to_space is not None:
+            steps.append(self.channel_to_space)  # (B, 3*p*p, H/p, W/p) -> (B, 3, H, W)
+        return steps
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = z  # (B, in_channels, h, w)

@@ -42,8 +42,14 @@ class AutoencoderConfig:
     in_channels: int = 3  # RGB; the image pipeline always converts to RGB.
     out_channels: int = 3
     base_channels: int = 128  # width of the first level; level i has base_channels * channel_mult[i].
-    # One entry per resolution level. len(channel_mult) - 1 stride-2 downsamples: f = 2**(len - 1).
+    # One entry per resolution level. len(channel_mult) - 1 stride-2 downsamples: f = patch_size * 2**(len - 1).
     channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    # Space-to-channel stem: the encoder pixel-unshuffles the image by patch_size before its first conv
+    # ((B, 3, H, W) -> (B, 3*p*p, H/p, W/p)) and the decoder's last conv emits 3*p*p channels that a
+    # pixel-shuffle puts back at full resolution, so that level 0 runs at 1/p of the image size. CPU
+    # convolutions at full resolution are memory-bound; this moves the work to where they are efficient
+    # (DC-AE, Chen et al. 2024, sec. 3; issue 12 sec. 3). 1 = no stem: the LDM layout of the field's checkpoints.
+    patch_size: int = 1
     layers_per_block: int = 2  # ResNet blocks per encoder level; the decoder uses one more (taming/LDM).
     # Levels (0 = full resolution) that carry self-attention after each ResNet block. Empty for the
     # LDM/SD family; LlamaGen puts attention at the lowest level.
@@ -73,6 +79,7 @@ class AutoencoderConfig:
         "out_channels": (1, 64),
         "base_channels": (1, 16384),
         "channel_mult": (1, 64),
+        "patch_size": (1, 8),
         "layers_per_block": (1, 64),
         "attn_levels": (0, 5),
         "z_channels": (1, 65536),
@@ -83,7 +90,8 @@ class AutoencoderConfig:
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
+        """f: image pixels per latent position along each side (the stem's patch times 2 per level below 0)."""
+        return self.patch_size * 2 ** (len(self.channel_mult) - 1)
 
     @property
     def has_post_quant_conv(self) -> bool:
@@ -107,9 +115,11 @@ class AutoencoderConfig:
         problems = self.field_problems()
         if problems:
             raise ConfigError("; ".join(problems))
-        if self.downsample_factor not in (1, 2, 4, 8, 16, 32):
-            raise ConfigError(f"channel_mult {self.channel_mult} gives f={self.downsample_factor}; expected "
-                              "1 to 6 levels (f = 2**(levels - 1) in 1..32)")
+        if not 1 <= len(self.channel_mult) <= 6:
+            raise ConfigError(f"channel_mult {self.channel_mult} gives f={2 ** (len(self.channel_mult) - 1)}; "
+                              "expected 1 to 6 levels (2**(levels - 1) in 1..32)")
+        if self.patch_size & (self.patch_size - 1):  # a power of two keeps f one, as every other f here
+            raise ConfigError(f"field 'patch_size' is {self.patch_size}; expected 1, 2, 4 or 8")
         for level in self.attn_levels:
             if not 0 <= level < len(self.channel_mult):
                 raise ConfigError(

@@ -157,7 +157,7 @@ def autoencoder_parameters(config: Any, encoder_channels: int, bottleneck_channe
     widths = [c.base_channels * m for m in c.channel_mult]
     n = 0
     # Encoder.
-    n += _conv(c.in_channels, c.base_channels, 3)
+    n += _conv(c.in_channels * c.patch_size**2, c.base_channels, 3)  # after the space-to-channel stem
     ch = c.base_channels
     for i, width in enumerate(widths):
         for _ in range(c.layers_per_block):
@@ -176,7 +176,7 @@ def autoencoder_parameters(config: Any, encoder_channels: int, bottleneck_channe
             ch = widths[i]
         if i > 0:
             n += _conv(ch, ch, 3)
-    n += 2 * ch + _conv(ch, c.out_channels, 3)
+    n += 2 * ch + _conv(ch, c.out_channels * c.patch_size**2, 3)  # before the channel-to-space pixel-shuffle
     if c.use_quant_conv:
         n += _conv(encoder_channels, bottleneck_channels, 1)
     if c.has_post_quant_conv:

@@ -285,6 +285,14 @@ def _architecture(config: AutoencoderConfig) -> str:
         "Convolutional encoder and decoder in the taming-transformers / latent-diffusion layout (ResNet blocks "
         "with GroupNorm and SiLU, strided down- and upsampling, a mid block).",
         "",
+    ]
+    p = config.patch_size
+    if p > 1:
+        lines.append(f"- space-to-channel stem (DC-AE, Chen et al. 2024): the encoder pixel-unshuffles the image "
+                     f"by {p} before its first convolution and the decoder pixel-shuffles its last one's output, so "
+                     f"level 0 runs at 1/{p} of the image size (f = {p} x 2^{len(widths) - 1} = "
+                     f"{config.downsample_factor})")
+    lines += [
         f"- widths per level: {widths}; {config.layers_per_block} ResNet block(s) per encoder level "
         f"(one more in the decoder); {attn}; mid-block attention: {'yes' if config.mid_attention else 'no'}",
         f"- encoder output: {config.z_channels} channels; bottleneck input: {config.latent_channels} channels",

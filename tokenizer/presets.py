@@ -48,11 +48,23 @@ def vq_f8_cpu() -> VQConfig:
     )
 
 
+def vq_f8_cpu_s2c() -> VQConfig:
+    # vq-f8-cpu's quantizer (12 bits, 0.1875 bpp) behind a space-to-channel stem (DC-AE, Chen et al. 2024):
+    # a 2x pixel-unshuffle, then 64 channels at half resolution and channel_mult (1, 2, 2) inside, still
+    # f8 overall. No convolution runs at full resolution, where CPU convolutions are memory-bound; in
+    # issue 12's throwaway measurement it trained 1.6x faster than vq-f8-cpu and reached 21.1 dB where
+    # vq-f8-cpu reached 18.0 dB after 15 minutes.
+    return VQConfig(**_CPU_S2C, z_channels=64, latent_channels=64, quantizer=vq_f8_cpu().quantizer)
+
+
 # --- the other quantizer families (FSQ, LFQ, BSQ, residual VQ) on the same trunks ------------------
 _F8 = dict(base_channels=128, channel_mult=(1, 2, 2, 4), layers_per_block=2, z_channels=256)  # as vq-f8
 _F16 = dict(base_channels=128, channel_mult=(1, 1, 2, 2, 4), layers_per_block=2, z_channels=256)  # as vq-f16
 # The bundled CPU trunk (vq-f8-cpu) and its f16 version, for the quantizer comparison on a CPU.
 _CPU = dict(base_channels=32, layers_per_block=1, z_channels=64, mid_attention=False, norm_groups=8)
+# The CPU trunk with a space-to-channel stem (see vq_f8_cpu_s2c).
+_CPU_S2C = dict(patch_size=2, base_channels=64, channel_mult=(1, 2, 2), layers_per_block=1, mid_attention=False,
+                norm_groups=8)
 
 
 def fsq_f8() -> VQConfig:
@@ -120,6 +132,11 @@ def kl_f8_cpu() -> KLConfig:
     )
 
 
+def kl_f8_cpu_s2c() -> KLConfig:
+    # kl-f8-cpu's bottleneck (4 latent channels at f8) on the space-to-channel trunk of vq-f8-cpu-s2c.
+    return KLConfig(**_CPU_S2C, z_channels=4, latent_channels=4)
+
+
 def ae_f8() -> AEConfig:
     return AEConfig(
         base_channels=128, channel_mult=(1, 2, 4, 4), layers_per_block=2, z_channels=4, latent_channels=4
@@ -152,6 +169,11 @@ def rvq_tiny() -> VQConfig:
         num_depths=3, codebook=VectorQuantizerConfig(codebook_size=32, l2_normalize=False)))
 
 
+def vq_tiny_s2c() -> VQConfig:
+    # vq-tiny behind a 2x space-to-channel stem: f4, for the tests of the stem (tiling, odd sizes, smoke).
+    return VQConfig(**_TINY, patch_size=2, quantizer=VectorQuantizerConfig(codebook_size=64, l2_normalize=True))
+
+
 def kl_tiny() -> KLConfig:
     return KLConfig(**_TINY)
 
@@ -165,7 +187,9 @@ PRESETS: dict[str, Callable[[], AutoencoderConfig]] = {
     "vq-f8": vq_f8,
     "vq-f16": vq_f16,
     "vq-f8-cpu": vq_f8_cpu,
+    "vq-f8-cpu-s2c": vq_f8_cpu_s2c,
     "vq-tiny": vq_tiny,
+    "vq-tiny-s2c": vq_tiny_s2c,
     "fsq-f8": fsq_f8,
     "fsq-f8-cpu": fsq_f8_cpu,
     "fsq-tiny": fsq_tiny,
@@ -180,6 +204,7 @@ PRESETS: dict[str, Callable[[], AutoencoderConfig]] = {
     "kl-f8": kl_f8,
     "kl-f8-c16": kl_f8_c16,
     "kl-f8-cpu": kl_f8_cpu,
+    "kl-f8-cpu-s2c": kl_f8_cpu_s2c,
     "kl-tiny": kl_tiny,
     "ae-f8": ae_f8,
     "ae-tiny": ae_tiny,

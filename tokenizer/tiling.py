@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import AttnBlock, Decoder, Downsample, Encoder, Step, Upsample
+from .blocks import AttnBlock, ChannelToSpace, Decoder, Downsample, Encoder, SpaceToChannel, Step, Upsample
 
 # Images above this many pixels (H * W) are tiled unless ``tile_size=0``; at or below it they run whole,
 # with exactly the ids of an untiled encode. 1 MiP (1024 x 1024) keeps the common sizes (256^2 to Kodak's
@@ -223,8 +223,8 @@ class _Segment:
 
     steps: list[Step]
     whole: bool = False
-    down: int = 1  # input positions per cell (2 ** number of Downsample steps)
-    up: int = 1  # output positions per cell (2 ** number of Upsample steps)
+    down: int = 1  # input positions per cell (the product of the Downsample / SpaceToChannel factors)
+    up: int = 1  # output positions per cell (the product of the Upsample / ChannelToSpace factors)
 
     def norms(self) -> list[nn.GroupNorm]:
         out: list[nn.GroupNorm] = []
@@ -255,7 +255,15 @@ def _segments(steps: Sequence[Step], shape: tuple[int, ...]) -> list[_Segment]:
             current = _Segment([])
             continue
         current.steps.append(step)
-        if isinstance(step, (Downsample, Upsample)):
+        # The stem's pixel-(un)shuffle: tiles stay aligned to its p x p patches. No cut after it: it has no
+        # GroupNorm to gather, and the next steps read the image tile by tile instead of a whole map.
+        if isinstance(step, SpaceToChannel):
+            current.down *= step.factor
+            height, width = height // step.factor, width // step.factor
+        elif isinstance(step, ChannelToSpace):
+            current.up *= step.factor
+            height, width = height * step.factor, width * step.factor
+        elif isinstance(step, (Downsample, Upsample)):
             if isinstance(step, Downsample):
                 current.down *= 2
                 height, width = height // 2, width // 2
