@@ -1,10 +1,14 @@
-"""Training throughput: images/s of full training steps (forward, losses, backward, AdamW, EMA).
+"""Training throughput: images/s of full training steps (forward, losses, backward, AdamW, EMA), and model cost.
 
-    python scripts/bench_train.py --presets vq-f8 kl-f8 --crop 128 --batch 16 [--perceptual both]
+    python scripts/bench_train.py --presets vq-f8-cpu vq-f8-cpu-s2c --crop 128 --batch 16 --steps 20 \
+        --amp none --perceptual off --threads 1
 
-Runs the real ``train.loop.Trainer.train_step`` on random crops of generated images, after warm-up
-steps, and prints images/s per preset with and without the perceptual loss. Also prints the CPU's
-bf16/fp32 matmul peak measured in the same run, since this machine's speed varies over time.
+Runs the real ``train.loop.Trainer.train_step`` on random crops of generated images, after a warm-up step,
+and prints images/s per preset with and without the perceptual loss. The contenders' steps are interleaved
+(one step of each in turn), so a change of machine load hits them alike and their ratio is fair. Also prints
+each preset's parameters and multiply-adds per 256 x 256 image (encoder and decoder, counted by
+``torch.utils.flop_counter``), and the CPU's bf16/fp32 matmul peak measured in the same run, since this
+machine's speed varies over time.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
+from tokenizer import build_model, get_preset
 from train.config import TrainConfig
 from train.loop import Trainer
 
@@ -33,17 +39,39 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def measure(preset: str, data: str, crop: int, batch: int, perceptual: bool, steps: int, amp: str) -> float:
-    cfg = TrainConfig(preset=preset, data=[data], out=tempfile.mkdtemp(), crop_size=crop, batch_size=batch,
-                      perceptual_weight=1.0 if perceptual else 0.0, amp=amp, warmup_steps=1)
-    trainer = Trainer(cfg)
-    trainer.model.train()
-    batches = [torch.stack([trainer.dataset[(s, i)] for i in range(batch)]) for s in range(steps + 1)]
-    trainer.train_step(0, batches[0])  # warm-up (allocations, k-means init)
-    start = time.perf_counter()
+def model_cost(preset: str, size: int = 256) -> dict[str, float]:
+    """Parameters and multiply-adds of one size x size image through the encoder and the decoder (fp32, eval)."""
+    model = build_model(get_preset(preset)).eval()
+    x = torch.zeros(1, 3, size, size)
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as enc:
+            z = model.quant_conv(model.encoder(x))  # (1, D, h, w): the bottleneck's input
+        with FlopCounterMode(display=False) as dec:
+            model.decoder(model.post_quant_conv(z[:, : model.config.latent_channels]))
+    # FlopCounterMode counts 2 FLOPs per multiply-add.
+    return {"parameters": sum(p.numel() for p in model.parameters()),
+            "encoder_macs": enc.get_total_flops() / 2, "decoder_macs": dec.get_total_flops() / 2}
+
+
+def measure(presets: list[str], data: str, crop: int, batch: int, perceptual: bool, steps: int,
+            amp: str) -> list[float]:
+    """Images/s of each preset's training steps, the presets' steps interleaved."""
+    trainers, batches = [], []
+    for preset in presets:
+        cfg = TrainConfig(preset=preset, data=[data], out=tempfile.mkdtemp(), crop_size=crop, batch_size=batch,
+                          perceptual_weight=1.0 if perceptual else 0.0, amp=amp, warmup_steps=1)
+        trainer = Trainer(cfg)
+        trainer.model.train()
+        batches.append([torch.stack([trainer.dataset[(s, i)] for i in range(batch)]) for s in range(steps + 1)])
+        trainer.train_step(0, batches[-1][0])  # warm-up (allocations, k-means init)
+        trainers.append(trainer)
+    seconds = [0.0] * len(presets)
     for s in range(1, steps + 1):
-        trainer.train_step(s, batches[s])
-    return steps * batch / (time.perf_counter() - start)
+        for k, trainer in enumerate(trainers):
+            start = time.perf_counter()
+            trainer.train_step(s, batches[k][s])
+            seconds[k] += time.perf_counter() - start
+    return [steps * batch / t for t in seconds]
 
 
 def main() -> int:
@@ -54,8 +82,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--amp", default="auto", help="auto | bf16 | none")
     p.add_argument("--perceptual", choices=["off", "on", "both"], default="both")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
     for i in range(4):
@@ -66,11 +97,18 @@ def main() -> int:
     print(f"CPU matmul peak now: {results['matmul_gflops_fp32']:.0f} GFLOP/s fp32, "
           f"{results['matmul_gflops_bf16']:.0f} GFLOP/s bf16 ({results['threads']} threads)")
     for preset in args.presets:
-        for perceptual in modes:
-            ips = measure(preset, str(folder), args.crop, args.batch, perceptual, args.steps, args.amp)
+        cost = model_cost(preset)
+        results[f"{preset}:cost"] = cost
+        print(f"{preset}: {cost['parameters'] / 1e6:.3f}M parameters; per 256^2 image "
+              f"{cost['encoder_macs'] / 1e9:.3f} GMAC encoder + {cost['decoder_macs'] / 1e9:.3f} GMAC decoder = "
+              f"{(cost['encoder_macs'] + cost['decoder_macs']) / 1e9:.3f} GMAC", flush=True)
+    for perceptual in modes:
+        rates = measure(args.presets, str(folder), args.crop, args.batch, perceptual, args.steps, args.amp)
+        for preset, ips in zip(args.presets, rates):
             key = f"{preset}{'+perceptual' if perceptual else ''}"
             results[key] = ips
-            print(f"{key}: {ips:.2f} images/s ({args.crop}^2 crops, batch {args.batch}, amp {args.amp})", flush=True)
+            print(f"{key}: {ips:.2f} images/s ({args.crop}^2 crops, batch {args.batch}, amp {args.amp}; "
+                  f"{ips / rates[0]:.2f}x {args.presets[0]})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

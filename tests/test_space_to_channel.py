@@ -11,10 +11,11 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from tokenizer import ImageTokenizer, ImageVAE, build_model, get_preset
-from tokenizer.blocks import ChannelToSpace, SpaceToChannel
+from tokenizer.blocks import ChannelToSpace, Downsample, SpaceToChannel, Upsample
 from tokenizer.model_card import bits_per_pixel
 from tokenizer.pretrained import load_folder, save_folder
 from tokenizer.tiling import PixelSource, TiledDecoder, TiledEncoder
@@ -82,7 +83,7 @@ def test_config_saved_without_the_field_loads_to_identical_outputs(name, tmp_pat
     folder = tmp_path / name
     save_folder(model, folder)
     data = json.loads((folder / "config.json").read_text())
-    assert data.pop("patch_size") == 1
+    assert data.pop("patch_size") == 1 and data.pop("resample_shortcut") is False
     (folder / "config.json").write_text(json.dumps(data, indent=2) + "\n")
     loaded = load_folder(folder).eval()
     assert loaded.config == model.config and loaded.config.patch_size == 1
@@ -127,20 +128,47 @@ def test_tiled_ids_match_untiled_with_the_stem():
     assert (ids == ref).float().mean() >= 0.995
 
 
-def test_tiled_stem_features_equal_untiled_with_a_whole_image_halo():
+@pytest.mark.parametrize("overrides", [{}, {"resample_shortcut": True}], ids=["stem", "stem+shortcut"])
+def test_tiled_stem_features_equal_untiled_with_a_whole_image_halo(overrides):
     # A halo covering the image leaves only the GroupNorm statistics passes to differ from the plain forward,
     # so this checks the tiles' alignment to the stem's patches exactly.
-    tok = ImageTokenizer.from_preset("vq-tiny-s2c")
-    img = photo_like(48, 72)[None]
+    tok = ImageTokenizer.from_preset("vq-tiny-s2c", **overrides)
+    img = photo_like(32, 48)[None]
     with torch.no_grad():
         ref = tok.model.encoder(tok._to_model_input(img.float() / 255))
-        out = TiledEncoder(tok.model.encoder, 16, halo=128)(PixelSource(img, 4, tok.device, tok.dtype))
-        z = torch.randn(1, tok.model.decoder.conv_in.in_channels, 12, 18)
+        out = TiledEncoder(tok.model.encoder, 16, halo=64)(PixelSource(img, 4, tok.device, tok.dtype))
+        z = torch.randn(1, tok.model.decoder.conv_in.in_channels, 6, 8)
         whole = tok.model.decoder(z)
-        tiled = TiledDecoder(tok.model.decoder, 4, tile_size=16, halo=128)(z)
+        tiled = TiledDecoder(tok.model.decoder, 4, tile_size=16, halo=64)(z)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-    assert tiled.shape == whole.shape == (1, 3, 48, 72)
+    assert tiled.shape == whole.shape == (1, 3, 24, 32)
     torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-4)
+
+
+def test_resample_shortcuts_are_dc_aes_space_channel_shortcuts():
+    # DC-AE (Chen et al. 2024, sec. 3.1): down = pixel-unshuffle then average each group of 4 channels;
+    # up = repeat each channel 4 times then pixel-shuffle. With the convs zeroed only the shortcuts remain.
+    down, up = Downsample(6, shortcut=True), Upsample(6, shortcut=True)
+    for m in (down, up):
+        torch.nn.init.zeros_(m.conv.weight)
+        torch.nn.init.zeros_(m.conv.bias)
+    x = torch.randn(2, 6, 8, 10)
+    dc_down = F.pixel_unshuffle(x, 2).view(2, 6, 4, 4, 5).mean(2)  # (B, 4C, h, w) -> (B, C, 4, h, w) -> mean
+    dc_up = F.pixel_shuffle(x.repeat_interleave(4, dim=1), 2)  # (B, 4C, H, W) -> (B, C, 2H, 2W)
+    torch.testing.assert_close(down(x), dc_down)
+    torch.testing.assert_close(up(x), dc_up)
+
+
+def test_resample_shortcut_changes_outputs_not_weights():
+    plain = build_model(get_preset("vq-tiny-s2c")).eval()
+    config = get_preset("vq-tiny-s2c").replace(resample_shortcut=True)
+    short = build_model(config).eval()
+    assert short.state_dict().keys() == plain.state_dict().keys()
+    short.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert not torch.equal(short.encode_latents(x), plain.encode_latents(x))
+    assert config.parameter_estimate() == sum(p.numel() for p in short.parameters())
 
 
 def test_smoke_training_with_the_s2c_preset(tmp_path):

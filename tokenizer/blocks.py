@@ -73,25 +73,38 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 conv with asymmetric (0, 1, 0, 1) padding, as taming and LDM."""
+    """Stride-2 3x3 conv with asymmetric (0, 1, 0, 1) padding, as taming and LDM.
 
-    def __init__(self, channels: int):
+    ``shortcut`` adds DC-AE's space-to-channel shortcut (Chen et al. 2024, sec. 3.1): pixel-unshuffle by 2
+    then the average of each group of 4 channels, which for equal widths in and out is 2x2 average pooling.
+    """
+
+    def __init__(self, channels: int, shortcut: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.shortcut = shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        h = self.conv(F.pad(x, (0, 1, 0, 1)))  # (B, C, H, W) -> (B, C, H/2, W/2)
+        return h + F.avg_pool2d(x, 2) if self.shortcut else h
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour x2 then a 3x3 conv (avoids the checkerboard of transposed convs)."""
+    """Nearest-neighbour x2 then a 3x3 conv (avoids the checkerboard of transposed convs).
 
-    def __init__(self, channels: int):
+    ``shortcut`` adds DC-AE's channel-to-space shortcut (Chen et al. 2024, sec. 3.1): each channel duplicated
+    4 times then pixel-shuffled by 2, which is the nearest-neighbour upsampled input the conv reads.
+    """
+
+    def __init__(self, channels: int, shortcut: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.shortcut = shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        up = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, C, h, w) -> (B, C, 2h, 2w)
+        h = self.conv(up)
+        return h + up if self.shortcut else h
 
 
 class SpaceToChannel(nn.Module):
@@ -187,7 +200,7 @@ class Encoder(nn.Module):
                 if i in c.attn_levels:
                     attns.append(AttnBlock(width, g))
             last = i == len(widths) - 1
-            levels.append(Level(blocks, attns, None if last else Downsample(width)))
+            levels.append(Level(blocks, attns, None if last else Downsample(width, c.resample_shortcut)))
         self.down = nn.ModuleList(levels)
         self.mid = MidBlock(in_ch, g, c.dropout, c.mid_attention)
         self.norm_out = group_norm(in_ch, g)
@@ -240,7 +253,7 @@ class Decoder(nn.Module):
                 ch = widths[i]
                 if i in c.attn_levels:
                     attns.append(AttnBlock(ch, g))
-            levels.insert(0, Level(blocks, attns, Upsample(ch) if i > 0 else None))
+            levels.insert(0, Level(blocks, attns, Upsample(ch, c.resample_shortcut) if i > 0 else None))
         self.up = nn.ModuleList(levels)
         self.norm_out = group_norm(ch, g)
         p = c.patch_size

@@ -50,6 +50,12 @@ class AutoencoderConfig:
     # convolutions at full resolution are memory-bound; this moves the work to where they are efficient
     # (DC-AE, Chen et al. 2024, sec. 3; issue 12 sec. 3). 1 = no stem: the LDM layout of the field's checkpoints.
     patch_size: int = 1
+    # Non-parametric residual shortcuts around the resampling convs (DC-AE, Chen et al. 2024, sec. 3.1): the
+    # stride-2 conv adds space-to-channel then channel averaging of its input, the upsampling conv adds
+    # channel duplication then channel-to-space. With equal widths in and out (this layout's resamplers),
+    # those are exactly 2x2 average pooling and nearest-neighbour upsampling. No weights: checkpoint keys
+    # are unchanged, but outputs are not, so False (the LDM layout) is what configs without the field mean.
+    resample_shortcut: bool = False
     layers_per_block: int = 2  # ResNet blocks per encoder level; the decoder uses one more (taming/LDM).
     # Levels (0 = full resolution) that carry self-attention after each ResNet block. Empty for the
     # LDM/SD family; LlamaGen puts attention at the lowest level.

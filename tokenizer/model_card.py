@@ -292,6 +292,9 @@ def _architecture(config: AutoencoderConfig) -> str:
                      f"by {p} before its first convolution and the decoder pixel-shuffles its last one's output, so "
                      f"level 0 runs at 1/{p} of the image size (f = {p} x 2^{len(widths) - 1} = "
                      f"{config.downsample_factor})")
+    if config.resample_shortcut:
+        lines.append("- residual shortcuts around the resampling convs (DC-AE, Chen et al. 2024): 2x2 average pooling "
+                     "beside each stride-2 conv, nearest-neighbour upsampling beside each upsampling conv")
     lines += [
         f"- widths per level: {widths}; {config.layers_per_block} ResNet block(s) per encoder level "
         f"(one more in the decoder); {attn}; mid-block attention: {'yes' if config.mid_attention else 'no'}",
