@@ -2,7 +2,7 @@
 
     python scripts/push_to_hub.py RUN_OR_MODEL_DIR REPO_ID [--metrics metrics.json] [--private]
         [--revision BRANCH] [--commit-message MSG] [--dataset ID ...] [--eval-dataset NAME]
-        [--notes NOTES.md] [--card-only CARD.md]
+        [--notes NOTES.md ...] [--card-only CARD.md]
 
 ``--card-only`` renders the same card to a file and uploads nothing (how model_cards/ is made).
 
@@ -52,9 +52,11 @@ def portable_paths(config: dict) -> dict:
     return {key: cut(value) for key, value in config.items()}
 
 
-def training_notes(run: Path | None, notes: Path | None = None) -> str | None:
-    """Free-text notes (command, data, wall time), then the run's training config (machine paths cut)."""
-    parts = [notes.read_text(encoding="utf-8").strip()] if notes is not None else []
+def training_notes(run: Path | None, notes: Path | list[Path] | None = None) -> str | None:
+    """Free-text notes (command, data, wall time; one or more files, in order), then the run's training config
+    (machine paths cut)."""
+    files = [notes] if isinstance(notes, Path) else list(notes or [])
+    parts = [f.read_text(encoding="utf-8").strip() for f in files]
     if run is not None and (run / "train_config.json").is_file():
         config = portable_paths(json.loads((run / "train_config.json").read_text()))
         parts.append("The run's `train_config.json`:\n\n" f"```json\n{json.dumps(config, indent=2)}\n```")
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", action="append", default=[], help="training dataset id (repeatable)")
     p.add_argument("--eval-dataset", help="name of the set the metrics were measured on (default: from metrics.json)")
     p.add_argument("--model-name", help="card title (default: the repo's name)")
-    p.add_argument("--notes", type=Path, help="Markdown file added to the card's Training section")
+    p.add_argument("--notes", type=Path, action="append", default=[],
+                   help="Markdown file added to the card's Training section (repeatable: joined in order)")
     p.add_argument("--card-only", type=Path, metavar="CARD.md", help="write the card here and upload nothing")
     args = p.parse_args(argv)
 
