@@ -57,8 +57,8 @@ class AutoencoderConfig:
     # are unchanged, but outputs are not, so False (the LDM layout) is what configs without the field mean.
     resample_shortcut: bool = False
     layers_per_block: int = 2  # ResNet blocks per encoder level; the decoder uses one more (taming/LDM).
-    # Levels (0 = full resolution) that carry self-attention after each ResNet block. Empty for the
-    # LDM/SD family; LlamaGen puts attention at the lowest level.
+    # Levels (0 = full resolution, or 1/patch_size with a stem) that carry self-attention after each ResNet
+    # block. Empty for the LDM/SD family; LlamaGen puts attention at the lowest level.
     attn_levels: tuple[int, ...] = ()
     mid_attention: bool = True  # self-attention in the mid block, at the lowest resolution.
     z_channels: int = 4  # channels the encoder emits (doubled for the Gaussian posterior).
@@ -124,7 +124,7 @@ class AutoencoderConfig:
         if not 1 <= len(self.channel_mult) <= 6:
             raise ConfigError(f"channel_mult {self.channel_mult} gives f={2 ** (len(self.channel_mult) - 1)}; "
                               "expected 1 to 6 levels (2**(levels - 1) in 1..32)")
-        if self.patch_size & (self.patch_size - 1):  # a power of two keeps f one, as every other f here
+        if self.patch_size & (self.patch_size - 1):  # powers of two keep f a power of two, as every f so far
             raise ConfigError(f"field 'patch_size' is {self.patch_size}; expected 1, 2, 4 or 8")
         for level in self.attn_levels:
             if not 0 <= level < len(self.channel_mult):
