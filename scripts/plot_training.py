@@ -3,7 +3,8 @@
     python scripts/plot_training.py runs/vq2/log.jsonl [runs/vq3/log.jsonl ...] --out curve.png \\
         [--before MINUTES:PSNR ...] [--label "held-out PSNR (dB)"]
 
-Each ``log.jsonl`` is a run's training log (``python -m train`` writes one line per logged step). Minutes
+Each ``log.jsonl`` is a run's training log (or a ``scripts/bench_recipe.py`` points file: one curve per
+recipe, at its own minutes and ``--recipe-key``, continuing from the runs before it) (``python -m train`` writes one line per logged step). Minutes
 are wall-clock training minutes rebuilt from the logged throughput (``images_per_s`` over each logging
 window); every run continues the previous one's minutes. ``--before`` adds points of runs whose logs are
 gone (e.g. taken from an earlier model card), drawn as such. Prints the points as JSON.
@@ -31,6 +32,22 @@ def curve(log: Path, start_minutes: float, key: str, batch: int) -> tuple[list[t
     return points, minutes
 
 
+def recipe_curves(path: Path, start_minutes: float, key: str) -> dict[str, list[tuple[float, float, int]]]:
+    """{recipe: [(minutes, value, step)]} from a bench_recipe.py points file, minutes after ``start_minutes``."""
+    curves: dict[str, list[tuple[float, float, int]]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if key in row:
+            curves.setdefault(row["recipe"], []).append((start_minutes + float(row["minutes"]), float(row[key]),
+                                                         int(row["step"])))
+    return curves
+
+
+def is_recipe_file(path: Path) -> bool:
+    first = path.read_text().splitlines()[:1]
+    return bool(first) and "recipe" in json.loads(first[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("logs", nargs="+", type=Path, help="log.jsonl of each run, oldest first")
@@ -38,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key", default="val_psnr", help="logged value to plot (default val_psnr)")
     p.add_argument("--before", nargs="*", default=[], metavar="MINUTES:VALUE", help="points of earlier runs")
     p.add_argument("--label", default="held-out PSNR (dB)")
+    p.add_argument("--recipe-key", default="psnr", help="value to plot from bench_recipe.py points files")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (all ranks), to rebuild minutes")
     p.add_argument("--title", default="Quality against CPU training minutes")
     args = p.parse_args(argv)
@@ -55,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         ax.plot([m for m, _ in before], [v for _, v in before], "o--", color="gray", label="earlier runs (card)")
         report["before"] = before
     for log in args.logs:
+        if is_recipe_file(log):
+            curves = recipe_curves(log, start, args.recipe_key)
+            for name, points in curves.items():
+                ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=name)
+                report[f"{log}:{name}"] = [{"minutes": round(m, 1), args.recipe_key: v, "step": s}
+                                           for m, v, s in points]
+            start = max((m for points in curves.values() for m, _, _ in points), default=start)
+            continue
         points, start = curve(log, start, args.key, args.batch_size)
         if points:
             ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=log.parent.name)

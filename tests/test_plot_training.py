@@ -27,3 +27,15 @@ def test_two_runs_chain_their_minutes(tmp_path, capsys):
     # 10 steps x 12 images at 2 img/s = 1 minute; at 4 img/s half a minute. Run a starts after minute 1.
     assert [p["minutes"] for p in a] == [3.0, 4.0] and [p["minutes"] for p in b] == [6.0, 7.0]
     assert out.stat().st_size > 1000
+
+
+def test_recipe_points_continue_the_earlier_minutes(tmp_path, capsys):
+    rows = [{"recipe": "pix", "minutes": 15.0, "step": 160, "psnr": 24.3}, {"recipe": "vgg", "minutes": 15.0, "step": 60,
+             "psnr": 23.9}, {"recipe": "pix", "minutes": 30.0, "step": 350, "psnr": 24.4}]
+    points = tmp_path / "recipes.jsonl"
+    points.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "curve.png"
+    assert plot_training.main([str(points), "--out", str(out), "--before", "120:24.28", "190:24.40"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [p["minutes"] for p in report[f"{points}:pix"]] == [205.0, 220.0]
+    assert [p["psnr"] for p in report[f"{points}:vgg"]] == [23.9] and out.stat().st_size > 1000
