@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import FSQConfig
 from .devices import autocast_off
-from .quantizer import QuantizerOutput, code_counts, code_statistics
+from .quantizer import QuantizerOutput, code_counts
 
 # Widens the tanh's range a little so that the extreme levels are reached at finite inputs (as the paper's code).
 BOUND_EPS = 1e-3
@@ -55,10 +55,11 @@ class FiniteScalarQuantizer(nn.Module):
         half = (levels.float() - 1) * (1 + BOUND_EPS) / 2
         offset = torch.where(levels % 2 == 0, 0.5, 0.0).float()
         for name, value in (("half", half), ("offset", offset), ("shift", torch.atanh(offset / half)),
-                            ("half_width", levels // 2), ("basis_float", basis)):
+                            ("half_width", levels // 2)):
             self.register_buffer(f"_{name}", value.float()[:, None, None], persistent=False)  # (D, 1, 1)
         # Ids summed in fp32 are exact while every partial sum is an integer below 2^24.
         self._float_ids = self.vocab_size <= 2**24
+        self._basis_list = [float(b) for b in basis.tolist()]
         self._id_offset = float(sum(level // 2 * b for level, b in zip(config.levels, basis.tolist())))
 
     def bound(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,16 +69,20 @@ class FiniteScalarQuantizer(nn.Module):
         For odd L, tanh(x) (L - 1)/2 rounds to -(L-1)/2 .. (L-1)/2. For even L the range is shifted by
         half a step so that it rounds to -L/2 .. L/2 - 1 with x = 0 still inside the central bin.
         """
-        return torch.tanh(x + self._shift) * self._half - self._offset
+        return (torch.tanh(x + self._shift) * self._half).sub_(self._offset)  # in place: one (B, D, h, w) fewer
 
     def _pack(self, rounded: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) rounded values -> (B, h, w) ids (mixed radix, channel 0 least significant)."""
         rounded = rounded.detach()
         if self._float_ids:
-            # id = sum_i (r_i + L_i // 2) basis_i = sum_i r_i basis_i + sum_i (L_i // 2) basis_i, summed in fp32
-            # (exact: integers below 2^24) and converted to int64 once. Converting the D digits to int64 first
-            # and shifting them one by one cost 157 us against 92 us (N = 16384, one core).
-            return (rounded * self._basis_float).sum(dim=1).add_(self._id_offset).long()
+            # id = sum_i (r_i + L_i // 2) basis_i = sum_i r_i basis_i + sum_i (L_i // 2) basis_i, accumulated
+            # channel by channel into one (B, h, w) fp32 tensor (exact: integers below 2^24) and converted to
+            # int64 once. Converting the D digits to int64 first cost 157 us; summing a (B, D, h, w) product
+            # 143 us and 256 KiB more peak memory; this 116 us (N = 16384, one core).
+            ids = rounded[:, 0] + self._id_offset  # (B, h, w); basis_0 = 1
+            for i in range(1, self.dim):
+                ids.add_(rounded[:, i], alpha=self._basis_list[i])
+            return ids.long()
         digits = rounded.long() + (self.levels // 2)[:, None, None]  # (B, D, h, w) in 0 .. L-1
         return (digits * self.basis[:, None, None]).sum(dim=1)
 
@@ -109,13 +114,16 @@ class FiniteScalarQuantizer(nn.Module):
         # 4.2 ms to 2.3 ms; vector-quantize-pytorch's FSQ on (B, N, D) took 3.3-4.0 ms in the same runs.
         with autocast_off(z.device.type):
             bounded = self.bound(z.float())  # (B, D, h, w)
-            # Straight-through rounding: round() in the forward pass, identity in the backward pass.
-            rounded = bounded + (bounded.round() - bounded).detach()
-            quantized = rounded / self._half_width  # codes in [-1, 1] (divided by L // 2, as the paper)
-            indices = self._pack(rounded)  # (B, h, w)
-            perplexity, usage = code_statistics(code_counts(indices.view(-1), self.vocab_size, reduce=self.training))
+            with torch.no_grad():  # no graph for the rounding, and its buffer reused in place
+                rounded = bounded.round()  # (B, D, h, w), integers
+                indices = self._pack(rounded)  # (B, h, w)
+                step = rounded.sub_(bounded)  # round(bounded) - bounded
+            # Straight-through rounding: round() in the forward pass, identity in the backward pass; then the
+            # codes in [-1, 1] (divided by L // 2, as the paper), in place on the sum.
+            quantized = (bounded + step).div_(self._half_width)
+            counts = code_counts(indices.view(-1), self.vocab_size, reduce=self.training)  # (K,)
             zero = quantized.new_zeros(())
-        return QuantizerOutput(quantized, indices, z, zero, zero, zero, zero, perplexity, usage)
+        return QuantizerOutput(quantized, indices, z, zero, zero, zero, zero, counts, self.vocab_size)
 
     def extra_repr(self) -> str:
         return f"levels={list(self.config.levels)}, vocab_size={self.vocab_size}, bits_per_token={math.log2(self.vocab_size):.2f}"

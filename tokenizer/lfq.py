@@ -33,7 +33,7 @@ from torch import nn
 
 from .config import BSQConfig, LFQConfig
 from .devices import autocast_off
-from .quantizer import QuantizerOutput, _distributed, code_counts, code_statistics
+from .quantizer import QuantizerOutput, _distributed, code_counts
 
 
 def binary_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -146,20 +146,19 @@ class LookupFreeQuantizer(nn.Module):
             if self.training and cfg.entropy_weight > 0:
                 entropy, _, _ = self.entropy_loss(x)
             loss = cfg.commitment_beta * commitment + cfg.entropy_weight * entropy
-            perplexity, usage = self._statistics(ids)
+            counts = self._counts(ids)
             # Straight-through estimator (VQ-VAE sec. 3.1) through the sign.
             st = x + (q - x).detach() if x.requires_grad else q
         quantized = rearrange(st, "(b h w) d -> b d h w", b=batch, h=height, w=width)  # (B, d, h, w)
         indices = rearrange(ids, "(b h w) -> b h w", b=batch, h=height, w=width)  # (B, h, w)
-        return QuantizerOutput(quantized, indices, z, loss, x.new_zeros(()), commitment, entropy, perplexity, usage)
+        return QuantizerOutput(quantized, indices, z, loss, x.new_zeros(()), commitment, entropy, counts,
+                               self.vocab_size)
 
-    def _statistics(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _counts(self, ids: torch.Tensor) -> torch.Tensor:
         if self.dim <= HISTOGRAM_MAX_BITS:
-            return code_statistics(code_counts(ids, self.vocab_size, reduce=self.training))
-        # Beyond 2^24 codes a full histogram is too large: this rank's used codes only.
-        counts = torch.unique(ids, return_counts=True)[1].float()
-        probs = counts / counts.sum()
-        return torch.exp(-(probs * probs.log()).sum()), counts.new_tensor(counts.numel() / self.vocab_size)
+            return code_counts(ids, self.vocab_size, reduce=self.training)  # (2^d,)
+        # Beyond 2^24 codes a full histogram is too large: the counts of this rank's used codes only.
+        return torch.unique(ids, return_counts=True)[1].float()
 
     def extra_repr(self) -> str:
         return f"bits={self.dim}, spherical={self.spherical}"

@@ -222,18 +222,19 @@ def bits_per_pixel(tokens: int, vocab_size: int, pixels: int) -> float:
 
 def perplexity(counts: torch.Tensor) -> torch.Tensor:
     """exp(entropy) of a code histogram (K,), as a tensor on its device (no host sync): K when all K codes are
-    equally used, 1 for a single code, 0 for an empty histogram."""
-    total = counts.sum()
-    probs = counts / total.clamp_min(1)  # (K,)
-    entropy = -torch.xlogy(probs, probs).sum()  # 0 log 0 = 0, in one op (quantizers call this every step)
-    return torch.where(total > 0, entropy.exp(), torch.zeros_like(entropy))
+    equally used, 1 for a single code, 0 for an empty histogram. Histograms (..., K) give (...) values."""
+    total = counts.sum(dim=-1, keepdim=True)  # (..., 1)
+    probs = counts / total.clamp_min(1)  # (..., K)
+    entropy = -torch.xlogy(probs, probs).sum(dim=-1)  # 0 log 0 = 0, in one op (quantizers call this every step)
+    return torch.where(total[..., 0] > 0, entropy.exp(), torch.zeros_like(entropy))
 
 
 def usage(counts: torch.Tensor) -> torch.Tensor:
     """The share of the K codes used at least once, as a tensor on the histogram's device (in its float
-    dtype; float64 for integer counts)."""
+    dtype; float64 for integer counts). Histograms (..., K) give (...) values."""
     dtype = counts.dtype if counts.is_floating_point() else torch.float64
-    return torch.count_nonzero(counts).to(dtype) / counts.numel()  # = (counts > 0).mean(), two ops instead of three
+    # = (counts > 0).mean(-1), two ops instead of three
+    return torch.count_nonzero(counts, dim=-1).to(dtype) / counts.shape[-1]
 
 
 def code_perplexity(counts: torch.Tensor) -> float:

@@ -85,11 +85,9 @@ class ResidualVectorQuantizer(nn.Module):
         def total(name: str) -> torch.Tensor:
             return torch.stack([getattr(o, name) for o in outs]).sum()
 
-        def mean(name: str) -> torch.Tensor:
-            return torch.stack([getattr(o, name) for o in outs]).mean()
-
+        counts = torch.stack([o.code_counts for o in outs])  # (R used, K): statistics per depth, averaged
         return QuantizerOutput(quantized, indices, z, total("loss"), total("codebook_loss"),
-                               total("commitment_loss"), total("entropy_loss"), mean("perplexity"), mean("usage"))
+                               total("commitment_loss"), total("entropy_loss"), counts, self.vocab_size)
 
     def extra_repr(self) -> str:
         return f"depths={self.depth}, shared_codebook={self.config.shared_codebook}, " \
