@@ -59,8 +59,9 @@ class FiniteScalarQuantizer(nn.Module):
             self.register_buffer(f"_{name}", value.float()[:, None, None], persistent=False)  # (D, 1, 1)
         # Ids summed in fp32 are exact while every partial sum is an integer below 2^24.
         self._float_ids = self.vocab_size <= 2**24
-        self._basis_list = [float(b) for b in basis.tolist()]
-        self._id_offset = float(sum(level // 2 * b for level, b in zip(config.levels, basis.tolist())))
+        # From the config, not the tensors (which may be on the meta device).
+        self._basis_list = [float(math.prod(config.levels[:i])) for i in range(dim)]
+        self._id_offset = float(sum(level // 2 * b for level, b in zip(config.levels, self._basis_list)))
 
     def bound(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) -> (B, D, h, w) in (-L/2, L/2): rounds to L integers, -(L//2) .. (L-1)//2 (Mentzer et al.
