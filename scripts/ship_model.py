@@ -22,6 +22,7 @@ import torch
 from bench_recipe import evaluate_model, load_held_out
 from tokenizer.api import load_any
 from tokenizer.checkpoints import save_folder
+from tokenizer.checkpoints import sha256_of
 from tokenizer.shipped import record_version
 
 
@@ -61,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
                       "stlpips_gain": lpips_gain, "ship": ship}, indent=2))
     if ship and not args.dry_run:
         save_folder(candidate.model, args.shipped, dtype=torch.float16)
-        version = record_version(args.shipped, f"{args.candidate}: +{psnr_gain:.2f} dB on {len(images)} held-out photos")
+        with tempfile.TemporaryDirectory() as tmp:  # what save_pretrained writes after loading them (fp32)
+            fp32 = sha256_of(load_api(args.shipped).save_pretrained(Path(tmp) / "fp32", model_card=False)
+                             / "model.safetensors")
+        version = record_version(args.shipped, f"{args.candidate}: +{psnr_gain:.2f} dB on {len(images)} held-out photos",
+                                 sha256_fp32=fp32)
         print(f"shipped: {args.candidate} -> {args.shipped} (fp16 weights, fp32 codebook), version {version}")
     elif not ship:
         print("not shipped: the candidate does not beat the shipped model by the required margin")

@@ -97,9 +97,10 @@ def resolve_shipped(name_or_path: str | Path | None, model_type: str = "vq") -> 
     return shipped_model(name_or_path)
 
 
-def record_version(folder: str | Path, note: str = "") -> str | None:
+def record_version(folder: str | Path, note: str = "", sha256_fp32: str | None = None) -> str | None:
     """After new weights were written into a shipped model's ``folder``: append a version (the previous
-    number + 1) with their sha256 to its ``versions.json``. Returns the new version (None: weights unchanged)."""
+    number + 1) with their sha256 to its ``versions.json``. Returns the new version (None: weights unchanged).
+    ``sha256_fp32``: for weights stored in a narrower dtype, the digest of the same weights saved in fp32."""
     folder = Path(folder)
     path = folder / VERSIONS_NAME
     data = json.loads(path.read_text()) if path.is_file() else {"name": folder.name, "versions": []}
@@ -107,7 +108,10 @@ def record_version(folder: str | Path, note: str = "") -> str | None:
     if data["versions"] and data["versions"][-1]["sha256"] == sha:
         return None
     version = str(int(data["versions"][-1]["version"]) + 1) if data["versions"] else "1"
-    data["versions"].append({"version": version, "sha256": sha, "note": note})
+    entry = {"version": version, "sha256": sha, "note": note}
+    if sha256_fp32 and sha256_fp32 != sha:
+        entry["sha256_fp32"] = sha256_fp32
+    data["versions"].append(entry)
     path.write_text(json.dumps(data, indent=2) + "\n")
     return version
 
@@ -118,11 +122,18 @@ def shipped_names() -> list[str]:
 
 
 def find_by_sha256(sha256: str) -> tuple[ShippedModel, str] | None:
-    """(shipped model, version) whose weights have this sha256, if any version of any shipped model does."""
+    """(shipped model, version) whose weights have this sha256, if any version of any shipped model does.
+
+    A version stored in fp16 also records ``sha256_fp32``, the digest of the same weights saved in fp32 (what
+    ``save_pretrained`` writes after loading them as fp32), so that a copy a user saves is still named.
+    """
     for model in SHIPPED:
-        for version, digest in model.history:
-            if digest == sha256:
-                return model, version
+        path = model.folder / VERSIONS_NAME
+        if not path.is_file():
+            continue
+        for entry in json.loads(path.read_text())["versions"]:
+            if sha256 in (entry["sha256"], entry.get("sha256_fp32")):
+                return model, str(entry["version"])
     return None
 
 
