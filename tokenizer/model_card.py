@@ -348,7 +348,7 @@ def _evaluation(info: ModelCardInfo) -> str:
     if info.perceptual_metric and any(k in columns for k in _PERCEPTUAL):
         lines += [f"Perceptual distance: `{info.perceptual_metric}` (lower is better).", ""]
     if "delta_e00" in columns:
-        lines += ["ΔE00: mean CIEDE2000 colour difference per pixel (lower is better; about 2.3 is a just-noticeable "
+        lines += ["ΔE00: mean CIEDE2000 colour difference per pixel (lower is better; about 1 is a just-noticeable "
                   "difference).", ""]
     lines += [f"- {METRICS[k][1]}: {_fmt(info.metrics[k])}" for k in _CODEBOOK if k in info.metrics]
     return "\n".join(lines) + "\n"
