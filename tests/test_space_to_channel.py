@@ -21,14 +21,7 @@ from tokenizer.pretrained import load_folder, save_folder
 from tokenizer.tiling import PixelSource, TiledDecoder, TiledEncoder
 from train.__main__ import main as train_main
 
-
-def photo_like(height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """(3, H, W) uint8: smooth colour fields, an edge and a little noise."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
-    base = torch.stack([torch.sin(6 * xx + 2 * yy), torch.cos(5 * yy - 3 * xx), (xx > 0.4).float() - yy])
-    img = 0.5 + 0.3 * base + 0.05 * torch.randn(3, height, width, generator=g)
-    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+from test_tiling import photo_like  # noqa: E402  (one photo-like test image for the tiling tests)
 
 
 @pytest.mark.parametrize("name,f,patch", [("vq-f8-cpu-s2c", 8, 2), ("kl-f8-cpu-s2c", 8, 2), ("vq-tiny-s2c", 4, 2),
