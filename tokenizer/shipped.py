@@ -49,12 +49,15 @@ class ShippedModel:
         return WEIGHTS_DIR / self.name
 
     @property
+    def entries(self) -> list[dict[str, Any]]:
+        """The ``versions.json`` entries (version, sha256, note, optional sha256_fp32), oldest first."""
+        path = self.folder / VERSIONS_NAME
+        return json.loads(path.read_text())["versions"] if path.is_file() else []
+
+    @property
     def history(self) -> tuple[tuple[str, str], ...]:
         """(version, sha256) of every shipped version, oldest first."""
-        path = self.folder / VERSIONS_NAME
-        if not path.is_file():
-            return ()
-        return tuple((str(v["version"]), str(v["sha256"])) for v in json.loads(path.read_text())["versions"])
+        return tuple((str(v["version"]), str(v["sha256"])) for v in self.entries)
 
     @property
     def version(self) -> str | None:
@@ -128,10 +131,7 @@ def find_by_sha256(sha256: str) -> tuple[ShippedModel, str] | None:
     ``save_pretrained`` writes after loading them as fp32), so that a copy a user saves is still named.
     """
     for model in SHIPPED:
-        path = model.folder / VERSIONS_NAME
-        if not path.is_file():
-            continue
-        for entry in json.loads(path.read_text())["versions"]:
+        for entry in model.entries:
             if sha256 in (entry["sha256"], entry.get("sha256_fp32")):
                 return model, str(entry["version"])
     return None
