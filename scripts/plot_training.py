@@ -72,11 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     if before:
         ax.plot([m for m, _ in before], [v for _, v in before], "o--", color="gray", label="earlier runs (card)")
         report["before"] = before
+    several = sum(map(is_recipe_file, args.logs)) > 1  # then a recipe's label names its file too (run4: pix)
     for log in args.logs:
         if is_recipe_file(log):
             curves = recipe_curves(log, start, args.recipe_key)
             for name, points in curves.items():
-                ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=name)
+                label = f"{log.stem}: {name}" if several else name
+                ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=label)
                 report[f"{log}:{name}"] = [{"minutes": round(m, 1), args.recipe_key: v, "step": s}
                                            for m, v, s in points]
             start = max((m for points in curves.values() for m, _, _ in points), default=start)
