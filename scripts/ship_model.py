@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:  # what save_pretrained writes after loading them (fp32)
             fp32 = sha256_of(load_api(args.shipped).save_pretrained(Path(tmp) / "fp32", model_card=False)
                              / "model.safetensors")
-        version = record_version(args.shipped, f"{args.candidate}: +{psnr_gain:.2f} dB on {len(images)} held-out photos",
+        # The candidate's folder name only: versions.json ships inside the package, machine paths do not belong there.
+        version = record_version(args.shipped, f"{Path(args.candidate).name}: +{psnr_gain:.2f} dB PSNR, "
+                                 f"{-lpips_gain:+.3f} ST-LPIPS on {len(images)} held-out photos",
                                  sha256_fp32=fp32)
         print(f"shipped: {args.candidate} -> {args.shipped} (fp16 weights, fp32 codebook), version {version}")
     elif not ship:
