@@ -532,6 +532,11 @@ class KLConfig(AutoencoderConfig):
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
     logvar_clamp: tuple[float, float] = (-30.0, 20.0)  # as LDM: keeps exp(logvar) finite early on.
+    # A linear path from f x f pixel patches to the latent mean and from the latent back to patches, set to the
+    # whitened patch PCA of the first training batch, with the trunk's last layers zeroed so that training
+    # starts at the best linear autoencoder (``tokenizer.patch_shortcut``: why, and the measurement behind it).
+    # Adds weights, so False (the LDM layout) is what configs without the field mean.
+    linear_shortcut: bool = False
 
     field_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {
         "logvar_clamp": (-80.0, 80.0),  # exp(80) is still finite in fp32
@@ -539,7 +544,11 @@ class KLConfig(AutoencoderConfig):
 
     def parameter_estimate(self) -> int:
         # The encoder emits mean and log-variance stacked on channels ("double_z").
-        return autoencoder_parameters(self, 2 * self.z_channels, 2 * self.latent_channels)
+        n = autoencoder_parameters(self, 2 * self.z_channels, 2 * self.latent_channels)
+        if self.linear_shortcut:  # two 1x1 convs between (in_channels f^2)-value patches and the latent
+            patch = self.in_channels * self.downsample_factor**2
+            n += 2 * patch * self.latent_channels + patch + self.latent_channels
+        return n
 
     def validate(self) -> None:
         super().validate()
@@ -548,6 +557,14 @@ class KLConfig(AutoencoderConfig):
         low, high = self.logvar_clamp
         if not low < high:
             raise ConfigError(f"field 'logvar_clamp' is {list(self.logvar_clamp)}; expected [low, high] with low < high")
+        if self.linear_shortcut:
+            patch = self.in_channels * self.downsample_factor**2
+            if self.latent_channels > patch:
+                raise ConfigError(f"field 'linear_shortcut' with {self.latent_channels} latent channels from "
+                                  f"{patch}-value patches; expected latent_channels <= in_channels * f^2")
+            if self.out_channels != self.in_channels:
+                raise ConfigError(f"field 'linear_shortcut' needs out_channels == in_channels "
+                                  f"(got {self.out_channels} and {self.in_channels})")
 
 
 @dataclass

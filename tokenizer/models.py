@@ -16,6 +16,7 @@ from torch import nn
 
 from .blocks import Decoder, Encoder
 from .config import AEConfig, AutoencoderConfig, KLConfig, VQConfig
+from .patch_shortcut import LinearPatchShortcut
 from .quantizer import QuantizerOutput
 from .quantizers import build_quantizer
 
@@ -140,18 +141,55 @@ class VQModel(_Autoencoder):
         return VQModelOutput(self.decode_latents(q.quantized.to(x.dtype)), q)
 
 
+# Log-variance bias of the posterior when training starts at the linear shortcut (see ``KLModel``).
+SHORTCUT_INITIAL_LOGVAR = -10.0
+
+
 class KLModel(_Autoencoder):
     """Encoder -> diagonal Gaussian posterior -> decoder (the LDM ``AutoencoderKL``)."""
 
     def __init__(self, config: KLConfig):
         # The encoder emits mean and log-variance stacked on channels ("double_z").
         super().__init__(config, 2 * config.z_channels, 2 * config.latent_channels)
+        self.shortcut: LinearPatchShortcut | None = None
+        if config.linear_shortcut:
+            self.shortcut = LinearPatchShortcut(config.downsample_factor, config.in_channels, config.latent_channels)
+            self._start_at_the_shortcut()
+        self._shortcut_seen = False  # ``shortcut.initialized`` read once (a host sync), as the quantizer does
+        self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_shortcut_seen", False))
+
+    @torch.no_grad()
+    def _start_at_the_shortcut(self) -> None:
+        """Zero the trunk's contributions to the latent mean and to the image, so that the untrained model is
+        the shortcut alone (the linear autoencoder once it is fitted) and the trunk learns the residual, as
+        zero-initialised last layers do in residual networks (Goyal et al. 2017; ControlNet's zero convs)."""
+        d = self.config.latent_channels
+        last = self.quant_conv if isinstance(self.quant_conv, nn.Conv2d) else self.encoder.conv_out
+        last.weight[:d].zero_()  # rows [0, d) are the mean, [d, 2d) the log-variance
+        last.bias[:d].zero_()
+        # A small posterior variance from the start: sigma = exp(-5) against unit-variance (whitened) latents.
+        last.bias[d:].fill_(SHORTCUT_INITIAL_LOGVAR)
+        nn.init.zeros_(self.decoder.conv_out.weight)
+        nn.init.zeros_(self.decoder.conv_out.bias)
 
     def posterior(self, x: Any, encoder: Runner | None = None) -> DiagonalGaussian:
         moments = self.quant_conv((encoder or self.encoder)(x))  # (B, 2D, h, w)
         mean, logvar = moments.chunk(2, dim=1)  # (B, D, h, w) each
+        if self.shortcut is not None:
+            if self.training and not self._shortcut_seen:
+                if not bool(self.shortcut.initialized):
+                    self.shortcut.fit_pca(x)
+                self._shortcut_seen = True
+            pixels = self.shortcut.encode(x) if isinstance(x, torch.Tensor) else self.shortcut.encode_source(x)
+            mean = mean + pixels.to(mean.dtype)
         low, high = self.config.logvar_clamp
         return DiagonalGaussian(mean, logvar.clamp(low, high))
+
+    def decode_latents(self, z: torch.Tensor, decoder: Runner | None = None) -> torch.Tensor:
+        image = super().decode_latents(z, decoder)  # (B, 3, H, W)
+        if self.shortcut is not None:
+            image = image + self.shortcut.decode(z.to(self.shortcut.decode_proj.weight.dtype)).to(image.dtype)
+        return image
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> KLModelOutput:
         post = self.posterior(x)

@@ -5,6 +5,8 @@ Each preset is a small factory returning a fresh config (DiT-style name -> const
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Callable
 
 from .config import (AEConfig, AutoencoderConfig, BSQConfig, ConfigError, FSQConfig, KLConfig, LFQConfig,
@@ -140,6 +142,14 @@ def kl_f8_cpu_s2c() -> KLConfig:
     return KLConfig(**_CPU_S2C, z_channels=4, latent_channels=4, resample_shortcut=True)
 
 
+def kl_f8_cpu_pca() -> KLConfig:
+    # kl-f8-cpu with the linear patch shortcut (``tokenizer.patch_shortcut``): training starts at the whitened
+    # 8 x 8 patch PCA of its first batch and the trunk learns the residual. Four principal components of 8 x 8
+    # patches alone reconstruct the 5 held-out photos at 25.37 dB where the bundled VAE v2 (kl-f8-cpu, 133
+    # CPU-minutes) scored 24.04, and Kodak-24 at 23.61 against 23.63.
+    return dataclasses.replace(kl_f8_cpu(), linear_shortcut=True)
+
+
 def ae_f8() -> AEConfig:
     return AEConfig(
         base_channels=128, channel_mult=(1, 2, 4, 4), layers_per_block=2, z_channels=4, latent_channels=4
@@ -208,6 +218,7 @@ PRESETS: dict[str, Callable[[], AutoencoderConfig]] = {
     "kl-f8-c16": kl_f8_c16,
     "kl-f8-cpu": kl_f8_cpu,
     "kl-f8-cpu-s2c": kl_f8_cpu_s2c,
+    "kl-f8-cpu-pca": kl_f8_cpu_pca,
     "kl-tiny": kl_tiny,
     "ae-f8": ae_f8,
     "ae-tiny": ae_tiny,

@@ -51,12 +51,21 @@ from .losses import (
 
 
 @torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """EMA of the weights; the codebook is copied, not averaged (restarted codes would blur)."""
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, check_fresh: bool = True) -> None:
+    """EMA of the weights; the codebook is copied, not averaged (restarted codes would blur).
+
+    A submodule initialised from data this step (its ``initialized`` buffer differs from the EMA's: the
+    linear patch shortcut's PCA) is copied too, or the EMA would spend thousands of steps crawling from the
+    placeholder zeros to it. Data-dependent initialisation happens on a process's first step, so the trainer
+    checks for it then only (``check_fresh``): comparing buffers is a host sync on a GPU."""
     ema_state = ema.state_dict()
-    for name, value in model.state_dict().items():
+    model_state = model.state_dict()
+    fresh = tuple(name[: -len("initialized")] for name, value in model_state.items()
+                  if check_fresh and name.endswith("initialized") and not name.startswith("quantizer.")
+                  and not torch.equal(value, ema_state[name]))
+    for name, value in model_state.items():
         target = ema_state[name]
-        if value.is_floating_point() and not name.startswith("quantizer."):
+        if value.is_floating_point() and not name.startswith(("quantizer.",) + fresh):
             target.lerp_(value.to(target.dtype), 1.0 - decay)
         else:
             target.copy_(value)
@@ -247,7 +256,7 @@ class Trainer:
             stats["gan_d"] = d_loss
 
         decay = 0.0 if step < cfg.ema_start else min(cfg.ema_decay, (1 + step) / (10 + step))
-        update_ema(self.ema, self.model, decay)
+        update_ema(self.ema, self.model, decay, check_fresh=step == self.start_step)
         stats["loss"] = total
         return {k: v.detach().float() for k, v in stats.items()}
 
