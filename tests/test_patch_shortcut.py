@@ -120,5 +120,16 @@ def test_training_from_the_preset_starts_at_the_fit(tmp_path):
     vae = ImageVAE.from_pretrained(run / "export")
     assert vae.config.linear_shortcut and int(vae.model.shortcut.initialized) == 1
     assert vae.model.shortcut.encode_proj.weight.abs().sum() > 0  # the export carries the fit, not the zeros
-    out = vae.reconstruct(photo_like(40, 56, seed=0))
+    img = photo_like(40, 56, seed=0)
+    out = vae.reconstruct(img)
     assert out.shape == (3, 40, 56) and torch.isfinite(out).all()
+
+    # Decoder-only fine-tuning from it: the latents stay those of the source (the shortcut's encoder half is
+    # frozen with the encoder), the decoder half moves.
+    tuned = tmp_path / "tuned"
+    argv = ["--init-from", str(run / "export"), "--decoder-only", "--data", str(data), "--out", str(tuned),
+            "--smoke", "--set", "steps=3", "--set", "amp=none", "--set", "ckpt_every=100", "--set", "lr=1e-2"]
+    assert train_main(argv) == 0
+    after = ImageVAE.from_pretrained(tuned / "export")
+    assert torch.equal(after.encode(img), vae.encode(img))
+    assert not torch.equal(after.model.shortcut.decode_proj.weight, vae.model.shortcut.decode_proj.weight)

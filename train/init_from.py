@@ -26,7 +26,7 @@ from tokenizer.shipped import resolve_shipped
 
 # What stays fixed with ``train_part="decoder"``: everything that decides the ids (or the latents),
 # so that every dataset already tokenized with the source model stays valid.
-FROZEN_FOR_DECODER_ONLY = ("encoder", "quant_conv", "quantizer")
+FROZEN_FOR_DECODER_ONLY = ("encoder", "quant_conv", "quantizer", "shortcut.encode_proj")
 TRAIN_PARTS = ("all", "decoder")
 
 
@@ -108,7 +108,10 @@ def apply_train_part(model: torch.nn.Module, part: str) -> None:
     if part == "all":
         return
     for name in FROZEN_FOR_DECODER_ONLY:
-        module = getattr(model, name, None)
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:  # not in this model (a VQ model has no shortcut, a KL model no quantizer)
+            continue
         if module is not None:
             module.requires_grad_(False).eval()
 
