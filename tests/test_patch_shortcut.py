@@ -133,3 +133,10 @@ def test_training_from_the_preset_starts_at_the_fit(tmp_path):
     after = ImageVAE.from_pretrained(tuned / "export")
     assert torch.equal(after.encode(img), vae.encode(img))
     assert not torch.equal(after.model.shortcut.decode_proj.weight, vae.model.shortcut.decode_proj.weight)
+
+
+def test_model_card_describes_the_shortcut():
+    from tokenizer.model_card import render_model_card
+
+    assert "linear patch shortcut" in render_model_card(get_preset("kl-f8-cpu-pca"))
+    assert "linear patch shortcut" not in render_model_card(get_preset("kl-f8-cpu"))

@@ -307,6 +307,14 @@ def _architecture(config: AutoencoderConfig) -> str:
             f"- diagonal-Gaussian posterior (LDM, Rombach et al. 2022); latents handed out as "
             f"(mode - {config.shift_factor}) x {config.scaling_factor}"
         )
+        if config.linear_shortcut:
+            f = config.downsample_factor
+            lines.append(
+                f"- linear patch shortcut: 1x1 convolutions from each {f} x {f} patch's {config.in_channels * f * f} "
+                f"values to the latent mean and from the latent back to the patch, beside the trunk; set to the "
+                f"whitened patch PCA of the first training batch, with the trunk's last layers zeroed, so that "
+                f"training starts at the best linear autoencoder"
+            )
     return "\n".join(lines)
 
 
