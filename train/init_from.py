@@ -112,8 +112,7 @@ def apply_train_part(model: torch.nn.Module, part: str) -> None:
             module = model.get_submodule(name)
         except AttributeError:  # not in this model (a VQ model has no shortcut, a KL model no quantizer)
             continue
-        if module is not None:
-            module.requires_grad_(False).eval()
+        module.requires_grad_(False).eval()
 
 
 __all__ = ["InitSource", "read_init_source", "load_init_weights", "apply_train_part", "TRAIN_PARTS"]
