@@ -34,6 +34,7 @@ def _write(tmp_path, preset: str, **changes):
         ("vq-tiny", "codebook_size", 10**12, r"'quantizer.codebook_size' is 1000000000000 \(int\); expected an integer in 2\.\."),
         ("vq-tiny", "base_channels", 10**6, r"'base_channels' is 1000000 \(int\); expected an integer in 1\.\.16384"),
         ("vq-tiny", "layers_per_block", 10**7, r"'layers_per_block' .*expected an integer in 1\.\.64"),
+        ("vq-tiny", "decoder_layers_per_block", 0, r"'decoder_layers_per_block' is 0 \(int\); expected an integer or null in 1\.\.64"),
         ("vq-tiny", "codebook_size", "4096", r"'quantizer.codebook_size' is '4096' \(str\); expected an integer"),
         ("vq-tiny", "base_channels", 64.5, r"'base_channels' is 64\.5 \(float\); expected an integer"),
         ("vq-tiny", "norm_groups", 0, r"'norm_groups' is 0 \(int\); expected an integer in 1\.\.1024"),
@@ -84,9 +85,12 @@ def test_absurd_size_refused_before_building(tmp_path, changes):
         AutoencoderConfig.load(path)
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(PRESETS) + ["vq-tiny+deeper-decoder", "kl-tiny+deeper-decoder"])
 def test_parameter_estimate_is_exact_for_presets(name):
-    config = get_preset(name)
+    preset, _, variant = name.partition("+")
+    config = get_preset(preset)
+    if variant:  # a decoder deeper than the encoder's + 1 (what --grow builds)
+        config = dataclasses.replace(config, decoder_layers_per_block=config.layers_per_block + 3)
     if config.parameter_estimate() > 5_000_000:  # keep the test light: count big presets on the meta device
         with torch.device("meta"):
             model = build_model(config)

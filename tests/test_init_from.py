@@ -136,3 +136,55 @@ def test_bundled_names_and_vae_sources(photo_dir, tmp_path):
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises((FileNotFoundError, WeightsError, OSError)):
         read_init_source(str(tmp_path / "no-such-model.safetensors"))
+
+
+def test_grow_starts_a_deeper_decoder_exactly_where_the_source_was(photo_dir, saved_tiny, tmp_path):
+    deeper = ("model.decoder_layers_per_block=3",)  # vq-tiny's decoder has 2 blocks per level
+    run = tmp_path / "run"
+    assert train_main(_argv(photo_dir, run, "--init-from", str(saved_tiny), "--grow", "--decoder-only",
+                            sets=deeper)) == 0
+    cfg = TrainConfig.load(run / "train_config.json")
+    source = ImageTokenizer.from_pretrained(saved_tiny).model
+    assert _log(run)[0]["loss"] == pytest.approx(_first_batch_loss(source, cfg), rel=1e-5, abs=1e-6)
+
+    grown = ImageTokenizer.from_pretrained(run / "export")
+    assert grown.config.decoder_layers_per_block == 3
+    assert all(len(level.block) == 3 for level in grown.model.decoder.up)
+    new = grown.model.decoder.up[0].block[2]
+    assert new.conv2.weight.abs().sum() > 0  # started at zero, and trained
+    image = torch.rand(3, 40, 56)
+    before = ImageTokenizer.from_pretrained(saved_tiny)
+    assert torch.equal(before.encode(image), grown.encode(image))  # decoder-only: the ids stay valid
+
+
+def test_grown_state_is_the_identity_and_refuses_what_cannot_grow(saved_tiny):
+    from tokenizer.checkpoints import check_state_dict
+    from tokenizer.models import build_model
+    from train.init_from import grown_state
+
+    source = ImageTokenizer.from_pretrained(saved_tiny)
+    state = source.model.state_dict()
+    config = AutoencoderConfig.from_dict({**source.config.to_dict(), "decoder_layers_per_block": 4,
+                                          "layers_per_block": 2})
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    completed, grown = grown_state(model, state)
+    # Two new blocks per decoder level, one per encoder level: all keep their width.
+    assert len(grown) == 2 * len(model.decoder.up) + len(model.encoder.down)
+    model.load_state_dict(completed, strict=True)
+    image = torch.rand(1, 3, 32, 48) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(model(image).reconstruction, source.model.eval()(image).reconstruction)
+
+    wider = build_model(AutoencoderConfig.from_dict({**source.config.to_dict(), "base_channels": 16}))
+    with pytest.raises(WeightsError, match="shape mismatch"):
+        check_state_dict(wider, grown_state(wider, state)[0], "wider")
+
+
+def test_a_deeper_config_without_grow_is_refused_naming_the_blocks(photo_dir, saved_tiny, tmp_path, capsys):
+    rc = train_main(_argv(photo_dir, tmp_path / "run", "--init-from", str(saved_tiny),
+                          sets=("model.decoder_layers_per_block=3",)))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "missing key(s)" in err and "decoder.up.0.block.2." in err
+    assert not (tmp_path / "run").exists()

@@ -235,7 +235,8 @@ class Decoder(nn.Module):
     """Latent (B, in_channels, h, w) -> image (B, out_channels, h*f, w*f).
 
     ``up[i]`` is the level at the same resolution as the encoder's ``down[i]`` (taming's convention),
-    so ``up[-1]`` runs first. Each level has one more ResNet block than the encoder's (taming/LDM).
+    so ``up[-1]`` runs first. Each level has one more ResNet block than the encoder's (taming/LDM), unless
+    ``decoder_layers_per_block`` says otherwise.
     """
 
     def __init__(self, config: AutoencoderConfig, in_channels: int):
@@ -248,7 +249,7 @@ class Decoder(nn.Module):
         levels: list[Level] = []
         for i in reversed(range(len(widths))):
             blocks, attns = [], []
-            for _ in range(c.layers_per_block + 1):
+            for _ in range(c.decoder_blocks):
                 blocks.append(ResnetBlock(ch, widths[i], g, c.dropout))
                 ch = widths[i]
                 if i in c.attn_levels:

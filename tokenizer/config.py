@@ -57,6 +57,10 @@ class AutoencoderConfig:
     # are unchanged, but outputs are not, so False (the LDM layout) is what configs without the field mean.
     resample_shortcut: bool = False
     layers_per_block: int = 2  # ResNet blocks per encoder level; the decoder uses one more (taming/LDM).
+    # ResNet blocks per decoder level; None = layers_per_block + 1 (taming/LDM). More makes a heavier decoder
+    # than encoder (asymmetric VQGAN, Zhu et al. 2023): reconstructions gain capacity while the encoder, and
+    # so the ids, stay as they are. How the bundled models grow (train/init_from.py, --grow).
+    decoder_layers_per_block: int | None = None
     # Levels (0 = full resolution, or 1/patch_size with a stem) that carry self-attention after each ResNet
     # block. Empty for the LDM/SD family; LlamaGen puts attention at the lowest level.
     attn_levels: tuple[int, ...] = ()
@@ -87,6 +91,7 @@ class AutoencoderConfig:
         "channel_mult": (1, 64),
         "patch_size": (1, 8),
         "layers_per_block": (1, 64),
+        "decoder_layers_per_block": (1, 64),
         "attn_levels": (0, 5),
         "z_channels": (1, 65536),
         "latent_channels": (1, 65536),
@@ -98,6 +103,11 @@ class AutoencoderConfig:
     def downsample_factor(self) -> int:
         """f: image pixels per latent position along each side (the stem's patch times 2 per level below 0)."""
         return self.patch_size * 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def decoder_blocks(self) -> int:
+        """ResNet blocks per decoder level."""
+        return self.layers_per_block + 1 if self.decoder_layers_per_block is None else self.decoder_layers_per_block
 
     @property
     def has_post_quant_conv(self) -> bool:

@@ -171,7 +171,7 @@ def autoencoder_parameters(config: Any, encoder_channels: int, bottleneck_channe
     ch = widths[-1]
     n += _conv(c.decoder_in_channels, ch, 3) + mid
     for i in reversed(range(len(widths))):
-        for _ in range(c.layers_per_block + 1):
+        for _ in range(c.decoder_blocks):
             n += _resnet(ch, widths[i]) + (_attn(widths[i]) if i in c.attn_levels else 0)
             ch = widths[i]
         if i > 0:

@@ -297,7 +297,7 @@ def _architecture(config: AutoencoderConfig) -> str:
                      "beside each stride-2 conv, nearest-neighbour upsampling beside each upsampling conv")
     lines += [
         f"- widths per level: {widths}; {config.layers_per_block} ResNet block(s) per encoder level "
-        f"(one more in the decoder); {attn}; mid-block attention: {'yes' if config.mid_attention else 'no'}",
+        f"({config.decoder_blocks} per decoder level); {attn}; mid-block attention: {'yes' if config.mid_attention else 'no'}",
         f"- encoder output: {config.z_channels} channels; bottleneck input: {config.latent_channels} channels",
     ]
     if isinstance(config, VQConfig):

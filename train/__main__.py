@@ -22,7 +22,7 @@ from tokenizer.pretrained import WeightsError, check_state_dict
 from tokenizer.presets import PRESETS
 
 from .config import TrainConfig, check_resume, saved_run_config, smoke
-from .init_from import read_init_source
+from .init_from import grown_state, read_init_source
 from .loop import run
 
 
@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="let --init-from read pickled checkpoints (.ckpt/.pt/.bin), as `imgtok convert` does")
     p.add_argument("--decoder-only", action="store_true",
                    help="train the decoder only: encoder and codebook frozen, so existing token ids stay valid")
+    p.add_argument("--grow", action="store_true",
+                   help="with --init-from: residual blocks the model config adds to the source's start as identities "
+                        "(e.g. --set model.decoder_layers_per_block=3)")
     p.add_argument("--data", action="append", default=[], help="image folder, glob or list file (repeatable)")
     p.add_argument("--val-data", action="append", default=[], help="held-out images for periodic evaluation")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, samples, export)")
@@ -63,6 +66,8 @@ def _apply_flags(cfg: TrainConfig, args: argparse.Namespace, resume: bool) -> Tr
         cfg.preset = args.preset or "vq-f8"
     if args.decoder_only:
         cfg.train_part = "decoder"
+    if args.grow:
+        cfg.grow = True
     cfg.data = args.data or cfg.data
     cfg.val_data = args.val_data or cfg.val_data
     cfg.out = args.out
@@ -103,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         model_config = cfg.model_config(source.config if source else None)  # fail early on bad overrides
         if source is not None:  # shapes checked before any run folder is written (meta: no memory)
             with torch.device("meta"):
-                check_state_dict(build_model(model_config), source.model, f"--init-from {source.description}")
+                meta_model = build_model(model_config)
+                state = grown_state(meta_model, source.model)[0] if cfg.grow else source.model
+                check_state_dict(meta_model, state, f"--init-from {source.description}")
     except (ConfigError, FileNotFoundError, WeightsError) as err:
         print(f"python -m train: error: {err}", file=sys.stderr)
         return 2

@@ -30,6 +30,10 @@ class TrainConfig:
     # "all", or "decoder": encoder, quant_conv and codebook frozen, so the ids of every dataset already
     # tokenized with the model stay valid while its reconstructions improve.
     train_part: str = "all"
+    # With init_from: the model may have residual blocks the source lacks (e.g. --set
+    # model.decoder_layers_per_block=3 over a 2-block decoder); they start as identities, so the run starts
+    # exactly where the source was, with more capacity (train/init_from.py grown_state).
+    grow: bool = False
 
     # --- optimisation ---
     steps: int = 100_000

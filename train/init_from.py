@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tokenizer.blocks import AttnBlock, ResnetBlock
 from tokenizer.checkpoints import build, check_state_dict
 from tokenizer.config import AutoencoderConfig, ConfigError
 from tokenizer.pretrained import load_checkpoint
@@ -78,15 +79,58 @@ def read_init_source(spec: str, allow_pickle: bool = False) -> InitSource:
     return InitSource(f"{spec} ({checkpoint.source_format})", model.config, state)
 
 
+def grown_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` completed with the residual blocks ``model`` has and the source lacks, each set to the identity.
+
+    A new block's last convolution (a ResNet block's ``conv2``, an attention block's ``proj_out``) is zeroed,
+    so the block adds nothing to its shortcut and the grown model computes exactly what the source did; its
+    other weights keep their fresh initialisation, so the zeroed conv gets gradients from the first step
+    (zero-initialised residual branches: Goyal et al. 2017, Zhang et al. 2019 "Fixup"). Only whole blocks that
+    keep their width can start as the identity; anything else the source lacks is left missing, for
+    ``check_state_dict`` to name. Returns the completed state and the names of the new blocks.
+    """
+    target = model.state_dict()
+    missing = set(target) - set(state)
+    completed, grown = dict(state), []
+    for name, module in model.named_modules():
+        if isinstance(module, ResnetBlock) and isinstance(module.nin_shortcut, torch.nn.Identity):
+            last = "conv2"
+        elif isinstance(module, AttnBlock):
+            last = "proj_out"
+        else:
+            continue  # not a residual block, or one that changes width: no identity to start from
+        keys = {f"{name}.{k}" for k in module.state_dict()}
+        if not keys <= missing:
+            continue  # the source has this block (or part of it: then check_state_dict names the rest)
+        for key, value in module.state_dict().items():
+            completed[f"{name}.{key}"] = value.detach().clone()
+        for param in ("weight", "bias"):
+            completed[f"{name}.{last}.{param}"].zero_()
+        missing -= keys
+        grown.append(name)
+    return completed, grown
+
+
 def load_init_weights(source: InitSource, model: torch.nn.Module, ema: torch.nn.Module,
-                      disc: torch.nn.Module | None) -> list[str]:
-    """Copy the source's weights into the run's modules (strict); returns what was loaded, for the log."""
-    check_state_dict(model, source.model, f"--init-from {source.description}")
-    model.load_state_dict(source.model, strict=True)
-    ema_state = source.ema if source.ema is not None else source.model
+                      disc: torch.nn.Module | None, grow: bool = False) -> list[str]:
+    """Copy the source's weights into the run's modules (strict); returns what was loaded, for the log.
+
+    ``grow``: the run's model may have residual blocks the source lacks (a deeper config); they start as
+    identities (``grown_state``), in the weights and the EMA alike.
+    """
+    model_state, ema_state = source.model, source.ema if source.ema is not None else source.model
+    grown: list[str] = []
+    if grow:
+        model_state, grown = grown_state(model, model_state)
+        new = {k: v for k, v in model_state.items() if k not in source.model}
+        ema_state = {**ema_state, **new}  # the same identity blocks in the EMA
+    check_state_dict(model, model_state, f"--init-from {source.description}")
+    model.load_state_dict(model_state, strict=True)
     check_state_dict(ema, ema_state, f"--init-from {source.description} (EMA)")
     ema.load_state_dict(ema_state, strict=True)
     loaded = ["weights", "EMA" if source.ema is not None else "EMA (= weights)"]
+    if grown:
+        loaded.append(f"{len(grown)} new block(s) as identities ({', '.join(grown[:4])}{', ...' if len(grown) > 4 else ''})")
     if disc is not None and source.disc is not None:
         try:
             check_state_dict(disc, source.disc, f"--init-from {source.description} (discriminator)")
@@ -115,4 +159,4 @@ def apply_train_part(model: torch.nn.Module, part: str) -> None:
         module.requires_grad_(False).eval()
 
 
-__all__ = ["InitSource", "read_init_source", "load_init_weights", "apply_train_part", "TRAIN_PARTS"]
+__all__ = ["InitSource", "read_init_source", "grown_state", "load_init_weights", "apply_train_part", "TRAIN_PARTS"]

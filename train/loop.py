@@ -122,7 +122,7 @@ class Trainer:
             if resume:
                 self.log(f"--resume: no checkpoint in {self.run_dir}, starting fresh")
             if self.init_source is not None:
-                loaded = load_init_weights(self.init_source, self.model, self.ema, self.disc)
+                loaded = load_init_weights(self.init_source, self.model, self.ema, self.disc, cfg.grow)
                 self.log(f"initialised from {self.init_source.description}: {', '.join(loaded)}")
         if cfg.train_part != "all":
             self.log(f"training only the {cfg.train_part}; frozen: encoder, quant_conv, quantizer")
