@@ -89,8 +89,7 @@ def grown_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple
     keep their width can start as the identity; anything else the source lacks is left missing, for
     ``check_state_dict`` to name. Returns the completed state and the names of the new blocks.
     """
-    target = model.state_dict()
-    missing = set(target) - set(state)
+    missing = set(model.state_dict()) - set(state)
     completed, grown = dict(state), []
     for name, module in model.named_modules():
         if isinstance(module, ResnetBlock) and isinstance(module.nin_shortcut, torch.nn.Identity):
@@ -99,14 +98,13 @@ def grown_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple
             last = "proj_out"
         else:
             continue  # not a residual block, or one that changes width: no identity to start from
-        keys = {f"{name}.{k}" for k in module.state_dict()}
-        if not keys <= missing:
+        fresh = {f"{name}.{k}": v for k, v in module.state_dict().items()}
+        if not fresh.keys() <= missing:
             continue  # the source has this block (or part of it: then check_state_dict names the rest)
-        for key, value in module.state_dict().items():
-            completed[f"{name}.{key}"] = value.detach().clone()
+        completed.update({k: v.detach().clone() for k, v in fresh.items()})
         for param in ("weight", "bias"):
             completed[f"{name}.{last}.{param}"].zero_()
-        missing -= keys
+        missing -= fresh.keys()
         grown.append(name)
     return completed, grown
 
