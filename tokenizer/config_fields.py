@@ -5,7 +5,8 @@ give a message naming the field, the value and what was expected, not a ``TypeEr
 16 TB allocation. The checks read each dataclass field's annotation, so a field added to a config class is
 type-checked without further code; its range comes from the class's ``field_ranges`` (else a generic bound).
 
-This module imports nothing from the package: ``config.py`` turns the messages it returns into ConfigErrors.
+This module imports nothing from the package (``config.py`` and ``quantizer_config.py`` build on it). The
+checks return messages; the config classes raise them as a ``ConfigError``, defined here for both.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ INT_LIMIT = 2**31 - 1
 MAX_PARAMETERS = 10**10
 
 Range = tuple[float | None, float | None]  # inclusive (low, high); None = unbounded
+
+
+class ConfigError(ValueError):
+    """A config that cannot be built or loaded (unknown field, bad value, unknown version)."""
 
 
 def _describe_type(hint: Any) -> str:

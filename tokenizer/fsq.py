@@ -20,7 +20,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .config import FSQConfig
+from .quantizer_config import FSQConfig
 from .devices import autocast_off
 from .quantizer import QuantizerOutput, code_counts
 

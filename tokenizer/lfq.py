@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .config import BSQConfig, LFQConfig
+from .quantizer_config import BSQConfig, LFQConfig
 from .devices import autocast_off
 from .quantizer import QuantizerOutput, _distributed, code_counts
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .config import VectorQuantizerConfig
+from .quantizer_config import VectorQuantizerConfig
 from .devices import autocast_off, full_precision_matmul
 from .metrics import perplexity as code_perplexity_of
 from .metrics import usage as code_usage_of

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .config import QuantizerConfig
+from .quantizer_config import QuantizerConfig
 from .fsq import FiniteScalarQuantizer
 from .lfq import BinarySphericalQuantizer, LookupFreeQuantizer
 from .quantizer import VectorQuantizer

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ResidualVQConfig
+from .quantizer_config import ResidualVQConfig
 from .quantizer import QuantizerOutput, VectorQuantizer, _broadcast
 
 
