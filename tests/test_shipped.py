@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from tokenizer import ImageTokenizer, ImageVAE
 from tokenizer.api import load_any
 from tokenizer.batch_tokenize import TokenizeConfig, tokenize_dataset
 from tokenizer.cli import main as cli_main
+from tokenizer.checkpoints import ids_sha256
 from tokenizer.shipped import SHIPPED, ModelIdentity, identify, sha256_of, shipped_model, warn_if_other_weights
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_prior.py"
@@ -38,6 +40,52 @@ def test_the_weights_in_the_package_are_the_registered_version():
         assert sha256_of(model.folder / "model.safetensors") == model.sha256, (
             f"{model.name}: new weights shipped without a new version: run tokenizer.shipped.record_version on "
             "its folder (scripts/ship_model.py does)")
+        assert model.entries[-1]["ids_sha256"] == ids_sha256(model.folder / "model.safetensors"), model.name
+
+
+def _changed(path: Path, prefix: str) -> None:
+    """Rewrite the safetensors file at ``path`` with the first tensor whose name starts with ``prefix`` changed."""
+    state = load_file(str(path))
+    key = next(k for k in sorted(state) if k.startswith(prefix))
+    state[key] = state[key] + 1  # same dtype and shape
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def test_ids_sha256_covers_what_decides_the_ids_and_nothing_else(tmp_path):
+    folder = ImageTokenizer.from_preset("vq-f8-cpu").save_pretrained(tmp_path / "m", model_card=False)
+    weights = folder / "model.safetensors"
+    before = ids_sha256(weights)
+    for prefix in ("decoder.", "post_quant_conv.", "quantizer.usage"):  # decoder side, training statistics
+        _changed(weights, prefix)
+        assert ids_sha256(weights) == before, prefix
+    for prefix in ("encoder.", "quant_conv.", "quantizer.codebook"):
+        _changed(weights, prefix)
+        assert ids_sha256(weights) != before, prefix
+        before = ids_sha256(weights)
+
+
+def test_a_decoder_only_version_decodes_the_ids_of_the_one_before_without_a_warning(tmp_path, monkeypatch):
+    import shutil
+
+    import tokenizer.shipped as shipped_module
+    from tokenizer.shipped import record_version
+
+    ship = shipped_model("bundled")
+    shutil.copytree(ship.folder, tmp_path / ship.name)
+    monkeypatch.setattr(shipped_module, "WEIGHTS_DIR", tmp_path)
+    weights = tmp_path / ship.name / "model.safetensors"
+    old = ModelIdentity(ship.name, ship.version, sha256_of(weights))
+
+    _changed(weights, "decoder.")  # a new decoder: the ids stay valid
+    new_version = record_version(tmp_path / ship.name, "decoder only")
+    new = identify(ship.name, weights)
+    assert new.version == new_version != old.version
+    assert warn_if_other_weights(old.to_dict(), new, "tokens/") is None
+
+    _changed(weights, "encoder.")  # a new encoder: the same ids mean other images
+    record_version(tmp_path / ship.name, "full")
+    with pytest.warns(UserWarning, match=rf"made with imgtok-vq-f8 v{old.version}, decoded with imgtok-vq-f8 v"):
+        warn_if_other_weights(old.to_dict(), identify(ship.name, weights), "tokens/")
 
 
 def test_shipping_new_weights_records_a_new_version(tmp_path):

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import AutoencoderConfig
-from .models import build_model
+from .models import ENCODER_SIDE, build_model
 from .safetensors_check import MalformedSafetensorsError, check_safetensors
 
 # --- the one table of file names ------------------------------------------------------------------
@@ -105,6 +105,27 @@ def sha256_of(path: str | Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+# Codebook statistics that training keeps (usage for dead-code restarts, the EMA update's running sums);
+# encoding never reads them, so they do not change any id.
+_TRAINING_STATISTICS = ("usage", "usage_steps", "ema_cluster_size", "ema_embed_sum")
+
+
+def ids_sha256(path: str | Path) -> str:
+    """sha256 of what decides the ids (or latents) of a weights file: the name, dtype, shape and bytes of each
+    tensor of the ``ENCODER_SIDE`` modules, training statistics left out. Two files with the same digest
+    (e.g. before and after a decoder-only fine-tune) give the same ids for every image."""
+    digest = hashlib.sha256()
+    prefixes = tuple(module + "." for module in ENCODER_SIDE)
+    with safe_open(str(path), "pt") as f:
+        for key in sorted(f.keys()):
+            if not key.startswith(prefixes) or key.rsplit(".", 1)[-1] in _TRAINING_STATISTICS:
+                continue
+            tensor = f.get_tensor(key).contiguous()
+            digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype
     return digest.hexdigest()
 
 

@@ -20,6 +20,11 @@ from .patch_shortcut import LinearPatchShortcut
 from .quantizer import QuantizerOutput
 from .quantizers import build_quantizer
 
+# The modules that decide a model's ids (tokenizer) or latents (VAE). Training only the rest (decoder-only
+# fine-tuning, ``python -m train --decoder-only``) keeps every id the model gives, so the ids of a dataset
+# tokenized before still decode, now with the new decoder.
+ENCODER_SIDE = ("encoder", "quant_conv", "quantizer", "shortcut.encode_proj")
+
 # Runs an encoder or decoder on its input: the module itself, or a tiled runner (``tokenizer.tiling``).
 Runner = Callable[[Any], torch.Tensor]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import sha256_of
+from .checkpoints import ids_sha256, sha256_of
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -103,7 +103,9 @@ def resolve_shipped(name_or_path: str | Path | None, model_type: str = "vq") -> 
 def record_version(folder: str | Path, note: str = "", sha256_fp32: str | None = None) -> str | None:
     """After new weights were written into a shipped model's ``folder``: append a version (the previous
     number + 1) with their sha256 to its ``versions.json``. Returns the new version (None: weights unchanged).
-    ``sha256_fp32``: for weights stored in a narrower dtype, the digest of the same weights saved in fp32."""
+    ``sha256_fp32``: for weights stored in a narrower dtype, the digest of the same weights saved in fp32.
+    Each entry also keeps ``ids_sha256`` (``checkpoints.ids_sha256``): versions that share it give the same
+    ids, so ids made with one decode with the other without a warning."""
     folder = Path(folder)
     path = folder / VERSIONS_NAME
     data = json.loads(path.read_text()) if path.is_file() else {"name": folder.name, "versions": []}
@@ -111,7 +113,7 @@ def record_version(folder: str | Path, note: str = "", sha256_fp32: str | None =
     if data["versions"] and data["versions"][-1]["sha256"] == sha:
         return None
     version = str(int(data["versions"][-1]["version"]) + 1) if data["versions"] else "1"
-    entry = {"version": version, "sha256": sha, "note": note}
+    entry = {"version": version, "sha256": sha, "note": note, "ids_sha256": ids_sha256(folder / "model.safetensors")}
     if sha256_fp32 and sha256_fp32 != sha:
         entry["sha256_fp32"] = sha256_fp32
     data["versions"].append(entry)
@@ -130,11 +132,25 @@ def find_by_sha256(sha256: str) -> tuple[ShippedModel, str] | None:
     A version stored in fp16 also records ``sha256_fp32``, the digest of the same weights saved in fp32 (what
     ``save_pretrained`` writes after loading them as fp32), so that a copy a user saves is still named.
     """
+    found = _shipped_entry(sha256)
+    return (found[0], str(found[1]["version"])) if found is not None else None
+
+
+def _shipped_entry(sha256: str) -> tuple[ShippedModel, dict[str, Any]] | None:
     for model in SHIPPED:
         for entry in model.entries:
             if sha256 in (entry["sha256"], entry.get("sha256_fp32")):
-                return model, str(entry["version"])
+                return model, entry
     return None
+
+
+def same_ids(sha256_a: str, sha256_b: str) -> bool:
+    """Whether two shipped versions (named by their weights' sha256) give the same ids: a version shipped from
+    a decoder-only fine-tune keeps the ids of the one it came from (``ids_sha256`` in ``versions.json``)."""
+    a, b = _shipped_entry(sha256_a), _shipped_entry(sha256_b)
+    if a is None or b is None or a[0] is not b[0]:
+        return False
+    return a[1].get("ids_sha256") is not None and a[1].get("ids_sha256") == b[1].get("ids_sha256")
 
 
 @dataclass(frozen=True)
@@ -191,9 +207,10 @@ def identify(name_or_path: str | Path | None, weights_file: str | Path | None, m
 
 
 def mismatch(recorded: ModelIdentity, current: ModelIdentity) -> str | None:
-    """A sentence naming both when ``current`` weights differ from the ``recorded`` ones, else None."""
+    """A sentence naming both when ``current`` weights differ from the ``recorded`` ones, else None. Shipped
+    versions that differ only after the ids (a new decoder for the same ids) decode each other's ids as meant."""
     if recorded.sha256 and current.sha256:
-        if recorded.sha256 == current.sha256:
+        if recorded.sha256 == current.sha256 or same_ids(recorded.sha256, current.sha256):
             return None
     elif (recorded.name, recorded.version) == (current.name, current.version):
         return None
@@ -215,4 +232,4 @@ def warn_if_other_weights(recorded: dict[str, Any] | ModelIdentity | None, curre
 
 
 __all__ = ["ShippedModel", "SHIPPED", "ModelIdentity", "shipped_model", "default_model", "resolve_shipped", "shipped_names",
-           "find_by_sha256", "record_version", "identify", "mismatch", "warn_if_other_weights", "sha256_of"]
+           "find_by_sha256", "same_ids", "record_version", "identify", "mismatch", "warn_if_other_weights", "sha256_of"]

@@ -22,12 +22,13 @@ from safetensors.torch import load_file
 from tokenizer.blocks import AttnBlock, ResnetBlock
 from tokenizer.checkpoints import build, check_state_dict
 from tokenizer.config import AutoencoderConfig, ConfigError
+from tokenizer.models import ENCODER_SIDE
 from tokenizer.pretrained import load_checkpoint
 from tokenizer.shipped import resolve_shipped
 
 # What stays fixed with ``train_part="decoder"``: everything that decides the ids (or the latents),
 # so that every dataset already tokenized with the source model stays valid.
-FROZEN_FOR_DECODER_ONLY = ("encoder", "quant_conv", "quantizer", "shortcut.encode_proj")
+FROZEN_FOR_DECODER_ONLY = ENCODER_SIDE
 TRAIN_PARTS = ("all", "decoder")
 
 
