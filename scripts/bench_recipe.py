@@ -104,7 +104,7 @@ def train_for(contender: Contender, seconds: float, lr_minutes: float = 0.0, clo
     instead of being compared half-way through its schedule.
     """
     trainer, cfg = contender.trainer, contender.trainer.cfg
-    trainer.model.train()
+    trainer.train_mode()
     end = clock() + seconds
     while clock() < end and (lr_minutes > 0 or contender.step < cfg.steps):
         if lr_minutes > 0 and contender.step >= cfg.warmup_steps:

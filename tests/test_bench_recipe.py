@@ -11,6 +11,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 import bench_recipe  # noqa: E402
+from tokenizer.checkpoints import sha256_of  # noqa: E402
 
 
 def _images(folder: Path, count: int, seed: int) -> Path:
@@ -68,3 +69,24 @@ def test_export_and_lr_schedule_over_minutes(tmp_path):
     assert seen[-1] < 0.5e-3, seen  # decayed towards 1e-4 by the end of the minutes, not still at the peak
     model = load_any(tmp_path / "export" / "vq")
     assert model.model.config.model_type == "vq"
+
+
+def test_a_decoder_only_recipe_keeps_every_id(tmp_path):
+    """bench_recipe trains through the Trainer's own mode switch: with --decoder-only the codebook makes no EMA
+    updates or dead-code restarts (it did, when the script put the whole model in training mode)."""
+    from tokenizer import ImageTokenizer
+    from tokenizer.checkpoints import ids_sha256
+
+    train, val = _images(tmp_path / "train", 4, 0), _images(tmp_path / "val", 1, 1)
+    source = ImageTokenizer.from_preset("vq-f8-cpu").save_pretrained(tmp_path / "source", model_card=False)
+    recipe = (f"dec=--init-from {source} --decoder-only --smoke --set amp=none --set steps=100000 "
+              "--set model.quantizer.dead_code_threshold=0.9")  # restarts would fire at once if allowed
+    code = bench_recipe.main([
+        "--recipe", recipe, "--data", str(train), "--val-data", str(val), "--minutes", "0.02", "--points", "0.02",
+        "--slice-seconds", "0.4", "--perceptual", "none", "--export", str(tmp_path / "export"),
+        "--out", str(tmp_path / "p.jsonl"),
+    ])
+    assert code == 0
+    export = tmp_path / "export" / "dec" / "model.safetensors"
+    assert ids_sha256(export) == ids_sha256(source / "model.safetensors")
+    assert sha256_of(export) != sha256_of(source / "model.safetensors")  # the decoder did train

@@ -181,6 +181,13 @@ class Trainer:
         return flat[offset:]
 
     # --- one step ---------------------------------------------------------------------------------
+    def train_mode(self) -> None:
+        """The model in training mode, except what ``train_part`` freezes: frozen modules stay in eval mode, so a
+        decoder-only run makes no codebook updates or dead-code restarts and every id stays as it was. Every
+        caller that trains (this loop, ``scripts/bench_recipe.py``) switches modes through here."""
+        self.model.train()
+        apply_train_part(self.model, self.cfg.train_part)
+
     def train_step(self, step: int, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimisation step; returns its statistics as 0-dim tensors still on the device."""
         cfg = self.cfg
@@ -342,8 +349,7 @@ class Trainer:
                             persistent_workers=False, pin_memory=self.device.type == "cuda",
                             prefetch_factor=2 if workers > 0 else None,
                             generator=torch.Generator().manual_seed(cfg.seed))
-        self.model.train()
-        apply_train_part(self.model, cfg.train_part)  # frozen parts back to eval mode
+        self.train_mode()
         log_file = open(self.run_dir / "log.jsonl", "a") if self.dist.main else None
         started = time.monotonic()
         window_start, window_images = time.monotonic(), 0
