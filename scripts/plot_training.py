@@ -1,13 +1,15 @@
 """Quality against training minutes, across the consecutive runs of one model (each run --init-from the last).
 
     python scripts/plot_training.py runs/vq2/log.jsonl [runs/vq3/log.jsonl ...] --out curve.png \\
-        [--before MINUTES:PSNR ...] [--label "held-out PSNR (dB)"]
+        [--before MINUTES:PSNR ...] [--label "held-out PSNR (dB)"] [--rename "s26/kl: vgg02=run 8" ...]
 
 Each ``log.jsonl`` is a run's training log (or a ``scripts/bench_recipe.py`` points file: one curve per
 recipe, at its own minutes and ``--recipe-key``, continuing from the runs before it) (``python -m train`` writes one line per logged step). Minutes
 are wall-clock training minutes rebuilt from the logged throughput (``images_per_s`` over each logging
 window); every run continues the previous one's minutes. ``--before`` adds points of runs whose logs are
-gone (e.g. taken from an earlier model card), drawn as such. Prints the points as JSON.
+gone (e.g. taken from an earlier model card), drawn as such; ``--rename`` gives a curve a legend of its own (the default is
+the run folder, or the recipe, prefixed with the points file's name when several are given). Prints the points
+as JSON.
 """
 
 from __future__ import annotations
@@ -58,7 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe-key", default="psnr", help="value to plot from bench_recipe.py points files")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (all ranks), to rebuild minutes")
     p.add_argument("--title", default="Quality against CPU training minutes")
+    p.add_argument("--rename", nargs="*", default=[], metavar="LABEL=TEXT",
+                   help="legend text for the curve whose default label is LABEL")
     args = p.parse_args(argv)
+    if any("=" not in item for item in args.rename):
+        p.error(f"--rename takes LABEL=TEXT, got {args.rename}")
+    renames = dict(item.split("=", 1) for item in args.rename)
+    labels: list[str] = []
 
     import matplotlib
 
@@ -78,15 +86,22 @@ def main(argv: list[str] | None = None) -> int:
             curves = recipe_curves(log, start, args.recipe_key)
             for name, points in curves.items():
                 label = f"{log.stem}: {name}" if several else name
-                ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=label)
+                labels.append(label)
+                ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=renames.get(label, label))
                 report[f"{log}:{name}"] = [{"minutes": round(m, 1), args.recipe_key: v, "step": s}
                                            for m, v, s in points]
             start = max((m for points in curves.values() for m, _, _ in points), default=start)
             continue
         points, start = curve(log, start, args.key, args.batch_size)
         if points:
-            ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=log.parent.name)
+            label = log.parent.name
+            labels.append(label)
+            ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=renames.get(label, label))
         report[str(log)] = [{"minutes": round(m, 1), args.key: v, "step": s} for m, v, s in points]
+    unknown = sorted(set(renames) - set(labels))
+    if unknown:
+        p.error(f"--rename: no curve labelled {unknown}; the curves are {labels}")
+    report["legend"] = [renames.get(label, label) for label in labels]
     ax.set_xlabel("training minutes (cumulative, one CPU thread)")
     ax.set_ylabel(args.label)
     ax.set_title(args.title)

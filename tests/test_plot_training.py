@@ -39,3 +39,14 @@ def test_recipe_points_continue_the_earlier_minutes(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert [p["minutes"] for p in report[f"{points}:pix"]] == [205.0, 220.0]
     assert [p["psnr"] for p in report[f"{points}:vgg"]] == [23.9] and out.stat().st_size > 1000
+
+
+def test_rename_sets_a_curve_legend_and_rejects_a_label_no_curve_has(tmp_path, capsys):
+    points = tmp_path / "recipes.jsonl"
+    points.write_text(json.dumps({"recipe": "pix", "minutes": 15.0, "step": 160, "psnr": 24.3}) + "\n")
+    out = tmp_path / "curve.png"
+    assert plot_training.main([str(points), "--out", str(out), "--rename", "pix=run 7"]) == 0
+    assert json.loads(capsys.readouterr().out)["legend"] == ["run 7"] and out.stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        plot_training.main([str(points), "--out", str(out), "--rename", "pixx=run 7"])
+    assert "no curve labelled ['pixx']; the curves are ['pix']" in capsys.readouterr().err
