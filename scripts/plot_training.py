@@ -80,12 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     if before:
         ax.plot([m for m, _ in before], [v for _, v in before], "o--", color="gray", label="earlier runs (card)")
         report["before"] = before
-    several = sum(map(is_recipe_file, args.logs)) > 1  # then a recipe's label names its file too (run4: pix)
+    recipe_files = [log for log in args.logs if is_recipe_file(log)]
+    several = len(recipe_files) > 1  # then a recipe's label names its file too (run4: pix)
+    stems = [log.stem for log in recipe_files]
+    # Files of the same name (s26/vq.jsonl, s27/vq.jsonl) are told apart by their folder: s27/vq: p05gan.
+    prefix = {log: f"{log.parent.name}/{log.stem}" if stems.count(log.stem) > 1 else log.stem for log in recipe_files}
     for log in args.logs:
         if is_recipe_file(log):
             curves = recipe_curves(log, start, args.recipe_key)
             for name, points in curves.items():
-                label = f"{log.stem}: {name}" if several else name
+                label = f"{prefix[log]}: {name}" if several else name
                 labels.append(label)
                 ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=renames.get(label, label))
                 report[f"{log}:{name}"] = [{"minutes": round(m, 1), args.recipe_key: v, "step": s}

@@ -50,3 +50,14 @@ def test_rename_sets_a_curve_legend_and_rejects_a_label_no_curve_has(tmp_path, c
     with pytest.raises(SystemExit):
         plot_training.main([str(points), "--out", str(out), "--rename", "pixx=run 7"])
     assert "no curve labelled ['pixx']; the curves are ['pix']" in capsys.readouterr().err
+
+
+def test_points_files_of_the_same_name_are_told_apart_by_their_folder(tmp_path, capsys):
+    files = []
+    for run, psnr in (("s26", 25.4), ("s27", 25.5)):
+        (tmp_path / run).mkdir()
+        files.append(tmp_path / run / "vq.jsonl")
+        files[-1].write_text(json.dumps({"recipe": "p05gan", "minutes": 20.0, "step": 100, "psnr": psnr}) + "\n")
+    out = tmp_path / "curve.png"
+    assert plot_training.main([*map(str, files), "--out", str(out), "--rename", "s27/vq: p05gan=run 12"]) == 0
+    assert json.loads(capsys.readouterr().out)["legend"] == ["s26/vq: p05gan", "run 12"]
