@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     # Files of the same name (s26/vq.jsonl, s27/vq.jsonl) are told apart by their folder: s27/vq: p05gan.
     prefix = {log: f"{log.parent.name}/{log.stem}" if stems.count(log.stem) > 1 else log.stem for log in recipe_files}
     for log in args.logs:
-        if is_recipe_file(log):
+        if log in prefix:  # a bench_recipe.py points file (read once, above)
             curves = recipe_curves(log, start, args.recipe_key)
             for name, points in curves.items():
                 label = f"{prefix[log]}: {name}" if several else name
