@@ -1,13 +1,15 @@
 """Quality against training minutes, across the consecutive runs of one model (each run --init-from the last).
 
     python scripts/plot_training.py runs/vq2/log.jsonl [runs/vq3/log.jsonl ...] --out curve.png \\
-        [--before MINUTES:PSNR ...] [--label "held-out PSNR (dB)"] [--rename "s26/kl: vgg02=run 8" ...]
+        [--before MINUTES:PSNR ...] [--label "held-out PSNR (dB)"] [--rename "s26/kl: vgg02=run 8" ...] \\
+        [--start-at runs/s28/kl.jsonl=393]
 
 Each ``log.jsonl`` is a run's training log (or a ``scripts/bench_recipe.py`` points file: one curve per
 recipe, at its own minutes and ``--recipe-key``, continuing from the runs before it) (``python -m train`` writes one line per logged step). Minutes
 are wall-clock training minutes rebuilt from the logged throughput (``images_per_s`` over each logging
 window); every run continues the previous one's minutes. ``--before`` adds points of runs whose logs are
-gone (e.g. taken from an earlier model card), drawn as such; ``--rename`` gives a curve a legend of its own (the default is
+gone (e.g. taken from an earlier model card), drawn as such; ``--start-at LOG=MINUTES`` starts one file's curves at
+MINUTES instead (a run that continued an earlier export than the file before it); ``--rename`` gives a curve a legend of its own (the default is
 the run folder, or the recipe, prefixed with the points file's name when several are given). Prints the points
 as JSON.
 """
@@ -62,9 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--title", default="Quality against CPU training minutes")
     p.add_argument("--rename", nargs="*", default=[], metavar="LABEL=TEXT",
                    help="legend text for the curve whose default label is LABEL")
+    p.add_argument("--start-at", nargs="*", default=[], metavar="LOG=MINUTES",
+                   help="start LOG's curves at MINUTES, not where the file before it ended")
     args = p.parse_args(argv)
     if any("=" not in item for item in args.rename):
         p.error(f"--rename takes LABEL=TEXT, got {args.rename}")
+    start_at: dict[Path, float] = {}
+    for item in args.start_at:
+        log, _, minutes = item.rpartition("=")
+        try:
+            start_at[Path(log)] = float(minutes)
+        except ValueError:
+            p.error(f"--start-at takes LOG=MINUTES, got {item!r}")
+    unknown_logs = sorted(str(log) for log in set(start_at) - set(args.logs))
+    if unknown_logs:
+        p.error(f"--start-at: {unknown_logs} not among the logs given ({[str(log) for log in args.logs]})")
     renames = dict(item.split("=", 1) for item in args.rename)
     labels: list[str] = []
 
@@ -86,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     # Files of the same name (s26/vq.jsonl, s27/vq.jsonl) are told apart by their folder: s27/vq: p05gan.
     prefix = {log: f"{log.parent.name}/{log.stem}" if stems.count(log.stem) > 1 else log.stem for log in recipe_files}
     for log in args.logs:
+        start = start_at.get(log, start)
         if log in prefix:  # a bench_recipe.py points file (read once, above)
             curves = recipe_curves(log, start, args.recipe_key)
             for name, points in curves.items():

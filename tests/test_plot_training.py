@@ -61,3 +61,24 @@ def test_points_files_of_the_same_name_are_told_apart_by_their_folder(tmp_path, 
     out = tmp_path / "curve.png"
     assert plot_training.main([*map(str, files), "--out", str(out), "--rename", "s27/vq: p05gan=run 12"]) == 0
     assert json.loads(capsys.readouterr().out)["legend"] == ["s26/vq: p05gan", "run 12"]
+
+
+def test_start_at_places_a_run_that_continued_an_earlier_export(tmp_path, capsys):
+    # Run 12 (kl2) continued run 11 (kl) for 10 minutes; run 13 continued run 11 again, not run 12.
+    files = {}
+    for name, rows in (("kl", [(55.0, 27.2)]), ("kl2", [(10.0, 27.0)]), ("kl3", [(20.0, 27.3)])):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps({"recipe": "r", "minutes": m, "step": 1, "psnr": v}) + "\n"
+                                       for m, v in rows))
+    out = tmp_path / "curve.png"
+    logs = [str(files[name]) for name in ("kl", "kl2", "kl3")]
+    assert plot_training.main([*logs, "--out", str(out), "--start-at", f"{files['kl3']}=55"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [p["minutes"] for p in report[f"{files['kl2']}:r"]] == [65.0]
+    assert [p["minutes"] for p in report[f"{files['kl3']}:r"]] == [75.0]  # 55 + 20, not 65 + 20
+    with pytest.raises(SystemExit):
+        plot_training.main([*logs, "--out", str(out), "--start-at", f"{tmp_path / 'other.jsonl'}=55"])
+    assert "not among the logs given" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        plot_training.main([*logs, "--out", str(out), "--start-at", f"{files['kl3']}=soon"])
+    assert "--start-at takes LOG=MINUTES" in capsys.readouterr().err
