@@ -14,6 +14,11 @@ When a recipe's training time reaches one of ``--points`` (minutes), its EMA wei
 shift-tolerant LPIPS (alex, if the ``perceptual`` extra is installed), mean CIEDE2000 colour difference,
 and for tokenizers code usage and perplexity over the held-out ids. One JSON line per point is appended to
 ``--out``; a table is printed at the end. Compare recipes only within one invocation.
+
+``--export DIR`` saves each recipe's final EMA weights as a model folder (what ``scripts/ship_model.py``
+takes); ``--keep-checkpoint`` also saves its final training checkpoint to ``DIR/NAME-checkpoint`` (weights,
+weight EMA, discriminator and optimizer state, the run's configs), so that the next run's
+``--init-from DIR/NAME-checkpoint`` continues the adversarial game instead of restarting the discriminator.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import copy
 import json
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -117,6 +123,23 @@ def train_for(contender: Contender, seconds: float, lr_minutes: float = 0.0, clo
         contender.seconds += clock() - started
 
 
+def keep_checkpoint(contender: Contender, folder: Path) -> Path:
+    """The contender's training state at its last step, as a checkpoint folder ``--init-from`` reads.
+
+    Written through the Trainer's own checkpointing (so the format is the one training runs resume from),
+    then moved out of the temporary run folder. An existing ``folder`` is replaced whole, never merged.
+    """
+    contender.trainer.checkpoint(contender.step)
+    written = contender.trainer.run_dir / "checkpoints" / f"step_{contender.step:07d}"
+    if not written.is_dir():  # the naming is train/checkpoint.py's; fail loudly if it ever changes
+        raise RuntimeError(f"{contender.name}: expected the checkpoint {written}, found none")
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(written, folder)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", action="append", required=True, metavar="NAME=ARGS",
@@ -137,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="each recipe's learning-rate decay spans --minutes of its training time, not its steps")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="save each recipe's final EMA weights to DIR/NAME (config.json + model.safetensors)")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="with --export: also save each recipe's final training checkpoint (with its weight EMA "
+                        "and discriminator) to DIR/NAME-checkpoint, for a later --init-from")
     args = p.parse_args(argv)
+    if args.keep_checkpoint and not args.export:
+        p.error("--keep-checkpoint needs --export DIR (the checkpoint goes to DIR/NAME-checkpoint)")
 
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -181,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not c.points and args.export:
                     folder = c.trainer.export(Path(args.export) / c.name)
                     print(f"{c.name}: exported EMA weights after {c.step} steps to {folder}", flush=True)
+                    if args.keep_checkpoint:
+                        kept = keep_checkpoint(c, Path(args.export) / f"{c.name}-checkpoint")
+                        print(f"{c.name}: kept the training checkpoint in {kept}", flush=True)
     keys = [k for k in ("psnr", "stlpips", "delta_e00", "usage", "perplexity") if any(
         k in r for rows in table.values() for r in rows.values())]
     print("\n| minutes | recipe | steps | " + " | ".join(keys) + " |")

@@ -90,3 +90,52 @@ def test_a_decoder_only_recipe_keeps_every_id(tmp_path):
     export = tmp_path / "export" / "dec" / "model.safetensors"
     assert ids_sha256(export) == ids_sha256(source / "model.safetensors")
     assert sha256_of(export) != sha256_of(source / "model.safetensors")  # the decoder did train
+
+
+def test_kept_checkpoint_continues_the_discriminator(tmp_path):
+    """--keep-checkpoint saves the final training state beside the export; --init-from it starts the next run
+    with the weights, the weight EMA and the discriminator as they ended (exports alone carry no discriminator,
+    so every continued adversarial run restarted it from scratch)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from train.__main__ import config_from_argv
+    from train.loop import Trainer
+
+    train, val = _images(tmp_path / "train", 4, 0), _images(tmp_path / "val", 1, 1)
+    recipe = "gan=--preset vq-f8 --smoke --set amp=none --set steps=100000 --set gan_weight=0.1 --set disc_channels=8"
+    export = tmp_path / "export"
+    code = bench_recipe.main([
+        "--recipe", recipe, "--data", str(train), "--val-data", str(val), "--minutes", "0.02", "--points", "0.02",
+        "--slice-seconds", "0.4", "--perceptual", "none", "--export", str(export), "--keep-checkpoint",
+        "--out", str(tmp_path / "p.jsonl"),
+    ])
+    assert code == 0
+    kept = export / "gan-checkpoint"
+    written = {path.name for path in kept.iterdir()}
+    assert {"model.safetensors", "ema.safetensors", "disc.safetensors", "state.json"} <= written
+    # The kept EMA is the exported model, tensor for tensor.
+    exported, kept_ema = load_file(str(export / "gan" / "model.safetensors")), load_file(str(kept / "ema.safetensors"))
+    for name, tensor in exported.items():
+        torch.testing.assert_close(kept_ema[name], tensor, rtol=0, atol=0)
+
+    def next_run(source: Path, out: str) -> Trainer:
+        return Trainer(config_from_argv([
+            "--init-from", str(source), "--smoke", "--set", "amp=none", "--set", "gan_weight=0.1",
+            "--set", "disc_channels=8", "--data", str(train), "--out", str(tmp_path / out)]))
+
+    saved_disc = load_file(str(kept / "disc.safetensors"))
+    continued = next_run(kept, "continued").disc.state_dict()
+    restarted = next_run(export / "gan", "restarted").disc.state_dict()
+    for name, tensor in continued.items():
+        torch.testing.assert_close(tensor, saved_disc[name], rtol=0, atol=0)
+    # The discriminator did train in the first run: a run from the export alone starts from a different one.
+    assert any(not torch.equal(restarted[name], saved_disc[name]) for name in saved_disc)
+
+
+def test_keep_checkpoint_needs_export(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        bench_recipe.main(["--recipe", "a=--smoke", "--data", str(tmp_path), "--val-data", str(tmp_path),
+                           "--minutes", "1", "--keep-checkpoint", "--out", str(tmp_path / "p.jsonl")])
