@@ -4,7 +4,8 @@
         --amp none --perceptual off --threads 1
 
 Runs the real ``train.loop.Trainer.train_step`` on random crops of generated images, after a warm-up step,
-and prints images/s per preset with and without the perceptual loss. The contenders' steps are interleaved
+and prints images/s per preset with and without the perceptual loss (``--perceptual-net``; with
+``--perceptual-batch 0 4`` also with the loss on a part of each batch). The contenders' steps are interleaved
 (one step of each in turn), so a change of machine load hits them alike and their ratio is fair. Also prints
 each preset's parameters and multiply-adds per 256 x 256 image (encoder and decoder, counted by
 ``torch.utils.flop_counter``), and the CPU's bf16/fp32 matmul peak measured in the same run, since this
@@ -53,19 +54,19 @@ def model_cost(preset: str, size: int = 256) -> dict[str, float]:
             "encoder_macs": enc.get_total_flops() / 2, "decoder_macs": dec.get_total_flops() / 2}
 
 
-def measure(presets: list[str], data: str, crop: int, batch: int, perceptual: bool, steps: int,
+def measure(contenders: list[tuple[str, dict]], data: str, crop: int, batch: int, steps: int,
             amp: str) -> list[float]:
-    """Images/s of each preset's training steps, the presets' steps interleaved."""
+    """Images/s of each contender's training steps (a preset and its loss settings), their steps interleaved."""
     trainers, batches = [], []
-    for preset in presets:
+    for preset, settings in contenders:
         cfg = TrainConfig(preset=preset, data=[data], out=tempfile.mkdtemp(), crop_size=crop, batch_size=batch,
-                          perceptual_weight=1.0 if perceptual else 0.0, amp=amp, warmup_steps=1)
+                          amp=amp, warmup_steps=1, **settings)
         trainer = Trainer(cfg)
         trainer.model.train()
         batches.append([torch.stack([trainer.dataset[(s, i)] for i in range(batch)]) for s in range(steps + 1)])
         trainer.train_step(0, batches[-1][0])  # warm-up (allocations, k-means init)
         trainers.append(trainer)
-    seconds = [0.0] * len(presets)
+    seconds = [0.0] * len(contenders)
     for s in range(1, steps + 1):
         for k, trainer in enumerate(trainers):
             start = time.perf_counter()
@@ -82,6 +83,10 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--amp", default="auto", help="auto | bf16 | none")
     p.add_argument("--perceptual", choices=["off", "on", "both"], default="both")
+    p.add_argument("--perceptual-net", default="alex", help="alex | vgg: the perceptual loss's backbone")
+    p.add_argument("--perceptual-batch", type=int, nargs="+", default=[0],
+                   help="samples per step the perceptual loss sees (TrainConfig.perceptual_batch; 0 = all); "
+                        "several values are compared in one interleaved measurement")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
@@ -103,12 +108,21 @@ def main() -> int:
               f"{cost['encoder_macs'] / 1e9:.3f} GMAC encoder + {cost['decoder_macs'] / 1e9:.3f} GMAC decoder = "
               f"{(cost['encoder_macs'] + cost['decoder_macs']) / 1e9:.3f} GMAC", flush=True)
     for perceptual in modes:
-        rates = measure(args.presets, str(folder), args.crop, args.batch, perceptual, args.steps, args.amp)
-        for preset, ips in zip(args.presets, rates):
-            key = f"{preset}{'+perceptual' if perceptual else ''}"
+        contenders, keys = [], []
+        for preset in args.presets:
+            if not perceptual:
+                contenders.append((preset, {}))
+                keys.append(preset)
+                continue
+            for k in args.perceptual_batch:
+                contenders.append((preset, {"perceptual_weight": 1.0, "perceptual_net": args.perceptual_net,
+                                            "perceptual_batch": k}))
+                keys.append(f"{preset}+perceptual" + (f"[{k} of {args.batch}]" if 0 < k < args.batch else ""))
+        rates = measure(contenders, str(folder), args.crop, args.batch, args.steps, args.amp)
+        for key, ips in zip(keys, rates):
             results[key] = ips
             print(f"{key}: {ips:.2f} images/s ({args.crop}^2 crops, batch {args.batch}, amp {args.amp}; "
-                  f"{ips / rates[0]:.2f}x {args.presets[0]})", flush=True)
+                  f"{ips / rates[0]:.2f}x {keys[0]})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from tokenizer import ImageTokenizer, ImageVAE
+from tokenizer.config import ConfigError
 from train.__main__ import main as train_main
 from train.config import TrainConfig, smoke
 from train.loop import Trainer, lr_at
@@ -218,3 +219,29 @@ def test_one_encoder_pass_and_one_entropy_pass_per_training_step(photo_dir, tmp_
     assert len(encoder_calls) == 1
     assert len(entropy_calls) == (1 if hasattr(quantizer, "entropy_loss") else 0)
     assert torch.isfinite(stats["loss"]) and (("entropy" in stats) == (settings.get("entropy_weight", 0) > 0))
+
+
+@pytest.mark.parametrize("perceptual_batch, seen", [(0, 3), (2, 2), (3, 3), (5, 3)])
+def test_perceptual_batch_limits_the_samples_the_perceptual_loss_sees(photo_dir, tmp_path, perceptual_batch, seen):
+    cfg = smoke(TrainConfig(preset="vq-tiny", data=[str(photo_dir)], out=str(tmp_path / "run"), amp="none",
+                            perceptual_batch=perceptual_batch))
+    trainer = Trainer(cfg)
+    calls = []
+
+    def fake_perceptual(recon, target):  # records what the loss saw; a distance the step can backpropagate
+        calls.append((recon.detach().clone(), target.clone()))
+        return (recon - target).abs().mean()
+
+    trainer.perceptual = fake_perceptual
+    batch = torch.rand(3, 3, 32, 32)
+    stats = trainer.train_step(0, batch)
+    (recon, target), = calls
+    assert recon.shape == target.shape == (seen, 3, 32, 32)
+    assert torch.equal(target, (batch[:seen] * 2 - 1))  # the batch's first samples, each with its own target
+    assert float(stats["perceptual"]) == pytest.approx(float((recon - target).abs().mean()))
+
+
+def test_negative_perceptual_batch_is_refused(photo_dir, tmp_path):
+    cfg = smoke(TrainConfig(preset="vq-tiny", data=[str(photo_dir)], out=str(tmp_path / "run"), perceptual_batch=-1))
+    with pytest.raises(ConfigError, match="perceptual_batch=-1"):
+        Trainer(cfg)

@@ -71,6 +71,10 @@ class TrainConfig:
     colour_weight: float = 0.0  # L1 on the mean colour of colour_patch x colour_patch patches (losses.patch_colour_loss)
     colour_patch: int = 8
     perceptual_net: str = "alex"  # "alex" or "vgg"; LPIPS if its weights load, else shift-tolerant LPIPS
+    # Samples of each batch the perceptual loss sees (the batch's first k; its crops are drawn at random, so
+    # this is an unbiased estimate of the whole batch's mean at k/B of the backbone's cost); 0 = all. On a CPU
+    # the VGG backbone's forward and backward cost more than a small autoencoder's whole step.
+    perceptual_batch: int = 0
     kl_weight: float = 1e-6  # per-element KL weight; equals LDM's kl_weight for its sum-normalised losses
     entropy_weight: float = 0.0  # codebook entropy regulariser (MaskGIT/MAGVIT-v2 style)
     entropy_temperature: float = 0.01

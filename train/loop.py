@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
+from tokenizer.config import ConfigError
 from tokenizer.image_io import save_image
 from tokenizer.metrics import psnr
 from tokenizer.models import KLModel, VQModel, build_model
@@ -107,6 +108,9 @@ class Trainer:
             if cfg.lecam_weight > 0:
                 self.lecam = LeCam(cfg.lecam_decay).to(self.device)
                 self.modules["lecam"] = self.lecam
+        if cfg.perceptual_batch < 0:
+            raise ConfigError(f"perceptual_batch={cfg.perceptual_batch}: expected 0 (the whole batch) or a number "
+                              "of samples per step")
         self.perceptual = PerceptualLoss(cfg.perceptual_net).to(self.device) if cfg.perceptual_weight > 0 else None
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
 
@@ -215,7 +219,8 @@ class Trainer:
                 rec = rec + cfg.colour_weight * c
                 stats["colour"] = c
             if self.perceptual is not None:
-                p = self.perceptual(recon, target)
+                k = cfg.perceptual_batch or recon.shape[0]
+                p = self.perceptual(recon[:k], target[:k])  # (B, 3, H, W) -> its first k samples
                 rec = rec + cfg.perceptual_weight * p
                 stats["perceptual"] = p
             total = rec
