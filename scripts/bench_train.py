@@ -54,13 +54,12 @@ def model_cost(preset: str, size: int = 256) -> dict[str, float]:
             "encoder_macs": enc.get_total_flops() / 2, "decoder_macs": dec.get_total_flops() / 2}
 
 
-def measure(contenders: list[tuple[str, dict]], data: str, crop: int, batch: int, steps: int,
-            amp: str) -> list[float]:
+def measure(contenders: list[tuple[str, dict]], data: str, crop: int, batch: int, steps: int) -> list[float]:
     """Images/s of each contender's training steps (a preset and its loss settings), their steps interleaved."""
     trainers, batches = [], []
     for preset, settings in contenders:
         cfg = TrainConfig(preset=preset, data=[data], out=tempfile.mkdtemp(), crop_size=crop, batch_size=batch,
-                          amp=amp, warmup_steps=1, **settings)
+                          warmup_steps=1, **settings)
         trainer = Trainer(cfg)
         trainer.model.train()
         batches.append([torch.stack([trainer.dataset[(s, i)] for i in range(batch)]) for s in range(steps + 1)])
@@ -81,7 +80,8 @@ def main() -> int:
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--amp", default="auto", help="auto | bf16 | none")
+    p.add_argument("--amp", nargs="+", default=["auto"],
+                   help="auto | bf16 | none; several values are compared in one interleaved measurement")
     p.add_argument("--perceptual", choices=["off", "on", "both"], default="both")
     p.add_argument("--perceptual-net", default="alex", help="alex | vgg: the perceptual loss's backbone")
     p.add_argument("--perceptual-batch", type=int, nargs="+", default=[0],
@@ -110,19 +110,21 @@ def main() -> int:
     for perceptual in modes:
         contenders, keys = [], []
         for preset in args.presets:
-            if not perceptual:
-                contenders.append((preset, {}))
-                keys.append(preset)
-                continue
-            for k in args.perceptual_batch:
-                contenders.append((preset, {"perceptual_weight": 1.0, "perceptual_net": args.perceptual_net,
-                                            "perceptual_batch": k}))
-                keys.append(f"{preset}+perceptual" + (f"[{k} of {args.batch}]" if 0 < k < args.batch else ""))
-        rates = measure(contenders, str(folder), args.crop, args.batch, args.steps, args.amp)
+            for amp in args.amp:
+                tag = f"[amp {amp}]" if len(args.amp) > 1 else ""
+                if not perceptual:
+                    contenders.append((preset, {"amp": amp}))
+                    keys.append(preset + tag)
+                    continue
+                for k in args.perceptual_batch:
+                    contenders.append((preset, {"amp": amp, "perceptual_weight": 1.0,
+                                                "perceptual_net": args.perceptual_net, "perceptual_batch": k}))
+                    keys.append(f"{preset}+perceptual{tag}" + (f"[{k} of {args.batch}]" if 0 < k < args.batch else ""))
+        rates = measure(contenders, str(folder), args.crop, args.batch, args.steps)
         for key, ips in zip(keys, rates):
             results[key] = ips
-            print(f"{key}: {ips:.2f} images/s ({args.crop}^2 crops, batch {args.batch}, amp {args.amp}; "
-                  f"{ips / rates[0]:.2f}x {keys[0]})", flush=True)
+            print(f"{key}: {ips:.2f} images/s ({args.crop}^2 crops, batch {args.batch}; {ips / rates[0]:.2f}x {keys[0]})",
+                  flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
