@@ -74,7 +74,7 @@ def measure(contenders: list[tuple[str, dict]], data: str, crop: int, batch: int
     return [steps * batch / t for t in seconds]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["vq-f8", "kl-f8"])
     p.add_argument("--crop", type=int, default=128)
@@ -89,7 +89,7 @@ def main() -> int:
                         "several values are compared in one interleaved measurement")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--json", type=Path, help="also write the figures here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp())

@@ -1,0 +1,29 @@
+"""scripts/bench_train.py: every contender (preset x amp x perceptual share) measured in one interleaved run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+import bench_train  # noqa: E402
+
+
+def test_each_amp_is_a_contender_with_its_own_figure(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        code = bench_train.main(["--presets", "vq-tiny", "kl-tiny", "--crop", "32", "--batch", "2", "--steps", "1",
+                                 "--amp", "none", "bf16", "--perceptual", "off", "--threads", "1", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    results = json.loads(out.read_text())
+    keys = ["vq-tiny[amp none]", "vq-tiny[amp bf16]", "kl-tiny[amp none]", "kl-tiny[amp bf16]"]
+    assert all(results[k] > 0 for k in keys)
+    assert results["vq-tiny:cost"]["decoder_macs"] > 0
+    printed = capsys.readouterr().out
+    assert all(f"{k}: " in printed for k in keys)  # one line per contender, as a ratio to the first
