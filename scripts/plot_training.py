@@ -12,6 +12,13 @@ gone (e.g. taken from an earlier model card), drawn as such; ``--start-at LOG=MI
 MINUTES instead (a run that continued an earlier export than the file before it); ``--rename`` gives a curve a legend of its own (the default is
 the run folder, or the recipe, prefixed with the points file's name when several are given). Prints the points
 as JSON.
+
+Run folders do not outlive a session, so a model's curve is kept as a history file in the repository:
+``--history FILE`` draws the curves it holds (their own names, minutes counted from the model's first run)
+before the logs given, which continue after its last minute unless ``--start-at`` says otherwise;
+``--save-history FILE`` writes every curve drawn (history and new, legends as renamed, minutes as drawn,
+every numeric field of a points file's rows, so one file serves the PSNR and the ST-LPIPS plots) back as such a
+file. The next session passes the same file with its own points file and its renames.
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ def recipe_curves(path: Path, start_minutes: float, key: str) -> dict[str, list[
     return curves
 
 
+def read_points(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def is_recipe_file(path: Path) -> bool:
     first = path.read_text().splitlines()[:1]
     return bool(first) and "recipe" in json.loads(first[0])
@@ -54,7 +65,7 @@ def is_recipe_file(path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("logs", nargs="+", type=Path, help="log.jsonl of each run, oldest first")
+    p.add_argument("logs", nargs="*", type=Path, help="log.jsonl of each run, oldest first")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--key", default="val_psnr", help="logged value to plot (default val_psnr)")
     p.add_argument("--before", nargs="*", default=[], metavar="MINUTES:VALUE", help="points of earlier runs")
@@ -66,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="legend text for the curve whose default label is LABEL")
     p.add_argument("--start-at", nargs="*", default=[], metavar="LOG=MINUTES",
                    help="start LOG's curves at MINUTES, not where the file before it ended")
+    p.add_argument("--history", type=Path, help="points file of the model's earlier curves, at absolute minutes")
+    p.add_argument("--save-history", type=Path, help="write every curve drawn here, as a --history file")
     args = p.parse_args(argv)
+    if not args.logs and args.history is None:
+        p.error("nothing to draw: give run logs or points files, or --history")
     if any("=" not in item for item in args.rename):
         p.error(f"--rename takes LABEL=TEXT, got {args.rename}")
     start_at: dict[Path, float] = {}
@@ -88,12 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # 20 curves before a colour repeats: a model's history
     report = {}
     before = [tuple(float(v) for v in item.split(":")) for item in args.before]
     start = max((m for m, _ in before), default=0.0)
     if before:
         ax.plot([m for m, _ in before], [v for _, v in before], "o--", color="gray", label="earlier runs (card)")
         report["before"] = before
+    saved: list[dict] = []  # the --save-history rows: each curve drawn, at the minutes drawn
+    if args.history is not None:
+        rows = read_points(args.history)
+        saved += rows
+        for name, points in recipe_curves(args.history, 0.0, args.recipe_key).items():
+            labels.append(name)
+            ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=renames.get(name, name))
+            report[f"{args.history}:{name}"] = [{"minutes": round(m, 1), args.recipe_key: v, "step": s}
+                                                for m, v, s in points]
+        start = max([start] + [float(row["minutes"]) for row in rows])
     recipe_files = [log for log in args.logs if is_recipe_file(log)]
     several = len(recipe_files) > 1  # then a recipe's label names its file too (run4: pix)
     stems = [log.stem for log in recipe_files]
@@ -109,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                 ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=renames.get(label, label))
                 report[f"{log}:{name}"] = [{"minutes": round(m, 1), args.recipe_key: v, "step": s}
                                            for m, v, s in points]
+            for row in read_points(log):
+                label = f"{prefix[log]}: {row['recipe']}" if several else row["recipe"]
+                saved.append({**row, "recipe": renames.get(label, label), "minutes": start + float(row["minutes"])})
             start = max((m for points in curves.values() for m, _, _ in points), default=start)
             continue
         points, start = curve(log, start, args.key, args.batch_size)
@@ -116,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             label = log.parent.name
             labels.append(label)
             ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=renames.get(label, label))
+            saved += [{"recipe": renames.get(label, label), "minutes": m, "step": s, args.recipe_key: v}
+                      for m, v, s in points]
         report[str(log)] = [{"minutes": round(m, 1), args.key: v, "step": s} for m, v, s in points]
     unknown = sorted(set(renames) - set(labels))
     if unknown:
@@ -125,9 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_ylabel(args.label)
     ax.set_title(args.title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if len(labels) > 8:  # a model's whole history: the legend beside the axes, not over the curves
+        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend()
     fig.tight_layout()
-    fig.savefig(args.out)
+    fig.savefig(args.out, bbox_inches="tight")
+    if args.save_history is not None:
+        tmp = args.save_history.with_name(args.save_history.name + ".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in saved))
+        tmp.replace(args.save_history)  # atomic: the history is never left half-written
     print(json.dumps(report))
     return 0
 

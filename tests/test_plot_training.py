@@ -82,3 +82,27 @@ def test_start_at_places_a_run_that_continued_an_earlier_export(tmp_path, capsys
     with pytest.raises(SystemExit):
         plot_training.main([*logs, "--out", str(out), "--start-at", f"{files['kl3']}=soon"])
     assert "--start-at takes LOG=MINUTES" in capsys.readouterr().err
+
+
+def test_a_saved_history_redraws_its_curves_and_the_next_session_continues_it(tmp_path, capsys):
+    session1 = tmp_path / "s1.jsonl"
+    session1.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"recipe": "a", "minutes": 20.0, "step": 100, "psnr": 25.0, "stlpips": 0.30},
+        {"recipe": "a", "minutes": 40.0, "step": 200, "psnr": 25.2, "stlpips": 0.28},
+        {"recipe": "b", "minutes": 40.0, "step": 190, "psnr": 25.1, "stlpips": 0.27}]))
+    history, out = tmp_path / "history.jsonl", tmp_path / "curve.png"
+    assert plot_training.main([str(session1), "--out", str(out), "--start-at", f"{session1}=100",
+                               "--rename", "a=run 1", "b=run 2", "--save-history", str(history)]) == 0
+    first = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in history.read_text().splitlines()]
+    assert [(r["recipe"], r["minutes"], r["stlpips"]) for r in rows] == [
+        ("run 1", 120.0, 0.30), ("run 1", 140.0, 0.28), ("run 2", 140.0, 0.27)]  # every field kept, minutes absolute
+
+    session2 = tmp_path / "s2.jsonl"
+    session2.write_text(json.dumps({"recipe": "c", "minutes": 10.0, "step": 50, "psnr": 25.4, "stlpips": 0.25}) + "\n")
+    assert plot_training.main([str(session2), "--history", str(history), "--out", str(out), "--rename", "c=run 3",
+                               "--recipe-key", "stlpips", "--save-history", str(history)]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["legend"] == ["run 1", "run 2", "run 3"] == first["legend"] + ["run 3"]
+    assert second[f"{session2}:c"] == [{"minutes": 150.0, "stlpips": 0.25, "step": 50}]  # after the history's last minute
+    assert [json.loads(line)["recipe"] for line in history.read_text().splitlines()] == ["run 1", "run 1", "run 2", "run 3"]
