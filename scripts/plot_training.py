@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     saved: list[dict] = []  # the --save-history rows: each curve drawn, at the minutes drawn
     if args.history is not None:
         rows = read_points(args.history)
-        saved += rows
+        saved += [{**row, "recipe": renames.get(row["recipe"], row["recipe"])} for row in rows]  # as drawn
         for name, points in recipe_curves(args.history, 0.0, args.recipe_key).items():
             labels.append(name)
             ax.plot([m for m, _, _ in points], [v for _, v, _ in points], "o-", label=renames.get(name, name))
