@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--perceptual-batch", type=int, nargs="+", default=[0],
                    help="samples per step the perceptual loss sees (TrainConfig.perceptual_batch; 0 = all); "
                         "several values are compared in one interleaved measurement")
+    p.add_argument("--perceptual-amp", nargs="+", choices=["off", "on"], default=["off"],
+                   help="TrainConfig.perceptual_amp: the perceptual backbone in fp32 (off) or under the step's "
+                        "autocast (on); several values are compared in one interleaved run")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
@@ -117,9 +120,13 @@ def main(argv: list[str] | None = None) -> int:
                     keys.append(preset + tag)
                     continue
                 for k in args.perceptual_batch:
-                    contenders.append((preset, {"amp": amp, "perceptual_weight": 1.0,
-                                                "perceptual_net": args.perceptual_net, "perceptual_batch": k}))
-                    keys.append(f"{preset}+perceptual{tag}" + (f"[{k} of {args.batch}]" if 0 < k < args.batch else ""))
+                    for perceptual_amp in args.perceptual_amp:
+                        contenders.append((preset, {"amp": amp, "perceptual_weight": 1.0,
+                                                    "perceptual_net": args.perceptual_net, "perceptual_batch": k,
+                                                    "perceptual_amp": perceptual_amp == "on"}))
+                        keys.append(f"{preset}+perceptual{tag}"
+                                    + (f"[{k} of {args.batch}]" if 0 < k < args.batch else "")
+                                    + ("[perceptual under autocast]" if perceptual_amp == "on" else ""))
         rates = measure(contenders, str(folder), args.crop, args.batch, args.steps)
         for key, ips in zip(keys, rates):
             results[key] = ips

@@ -158,6 +158,26 @@ def test_perceptual_distance_is_frozen_named_and_split_consistently():
         perceptual.load_perceptual("resnet")
 
 
+@pytest.mark.skipif(not perceptual.perceptual_available(), reason='needs pip install "imgtok[perceptual]"')
+def test_a_bf16_perceptual_distance_tracks_the_fp32_one_and_still_passes_gradients():
+    reference = perceptual.PerceptualDistance("alex")
+    fast = perceptual.PerceptualDistance("alex", compute_dtype=torch.bfloat16)
+    assert fast.name == reference.name and "bfloat16" in repr(fast)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 48, 40, generator=gen) * 2 - 1
+    y = (x + 0.3 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+    with torch.no_grad():
+        d32, d16 = reference(x, y), fast(x, y)
+        split = fast.distance(fast.features(x), fast.features(y))
+    assert d16.dtype == torch.float32 and not torch.equal(d16, d32)  # it really ran in bf16
+    assert torch.allclose(d16, d32, rtol=0.05) and torch.allclose(split, d16, rtol=0.02)
+    z = y.clone().requires_grad_()
+    fast(x, z).sum().backward()
+    assert z.grad is not None and z.grad.dtype == torch.float32 and z.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="compute_dtype"):
+        perceptual.PerceptualDistance("alex", compute_dtype=torch.float16)
+
+
 def test_one_bits_per_pixel_and_one_perplexity_for_every_caller():
     """The API, the CLI's figures, the model card and the quantizer's training statistics all use
     tokenizer.metrics' functions, so they cannot drift apart."""

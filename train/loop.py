@@ -111,8 +111,10 @@ class Trainer:
         if cfg.perceptual_batch < 0:
             raise ConfigError(f"perceptual_batch={cfg.perceptual_batch}: expected 0 (the whole batch) or a number "
                               "of samples per step")
-        self.perceptual = PerceptualLoss(cfg.perceptual_net).to(self.device) if cfg.perceptual_weight > 0 else None
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
+        perceptual_dtype = self.amp_dtype if cfg.perceptual_amp else None
+        self.perceptual = (PerceptualLoss(cfg.perceptual_net, compute_dtype=perceptual_dtype).to(self.device)
+                           if cfg.perceptual_weight > 0 else None)
 
         self.start_step = 0
         state = resume_latest(self.dist, self.device, self.run_dir, self.modules, self.optimizers) if resume else None
@@ -154,7 +156,8 @@ class Trainer:
                  f"{self.model_config.model_type} {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params; "
                  f"device {self.device}; autocast {self.amp_dtype}; world {self.dist.world}"
                  + (" (DDP)" if self.dist.distributed else "")
-                 + (f"; perceptual {self.perceptual.name}" if self.perceptual else ""))
+                 + (f"; perceptual {self.perceptual.name}" if self.perceptual else "")
+                 + (f" in {perceptual_dtype}" if self.perceptual and perceptual_dtype else ""))
 
     # --- helpers ----------------------------------------------------------------------------------
     def log(self, message: str) -> None:

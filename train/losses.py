@@ -46,17 +46,18 @@ def patch_colour_loss(recon: torch.Tensor, target: torch.Tensor, size: int) -> t
 
 
 class PerceptualLoss(nn.Module):
-    """Mean perceptual distance of two (B, 3, H, W) batches in [-1, 1]: frozen, eval mode, fp32.
+    """Mean perceptual distance of two (B, 3, H, W) batches in [-1, 1]: frozen, eval mode, fp32 unless
+    ``compute_dtype`` is torch.bfloat16 (TrainConfig.perceptual_amp).
 
     LPIPS (Zhang et al. 2018) when its backbone weights are available, else the shift-tolerant LPIPS
     whose weights ship in ``stlpips-pytorch`` (``tokenizer.perceptual`` decides and names it).
     """
 
-    def __init__(self, net: str = "alex"):
+    def __init__(self, net: str = "alex", compute_dtype: torch.dtype | None = None):
         super().__init__()
         from tokenizer.perceptual import PerceptualDistance
 
-        self.metric = PerceptualDistance(net)
+        self.metric = PerceptualDistance(net, compute_dtype=compute_dtype)
 
     @property
     def name(self) -> str:
