@@ -96,6 +96,24 @@ def test_decoder_only_keeps_the_ids_and_moves_the_decoder(photo_dir, saved_tiny,
     assert not torch.equal(before.decode(before.encode(image)), after.decode(after.encode(image)))
 
 
+def test_decoder_only_from_a_training_checkpoint_keeps_the_ids_of_its_ema(photo_dir, saved_tiny, tmp_path):
+    first = tmp_path / "first"  # whole-model steps: its checkpoint's raw weights and EMA differ
+    assert train_main(_argv(photo_dir, first, "--init-from", str(saved_tiny), sets=("ema_decay=0.5",))) == 0
+    ckpt = sorted((first / "checkpoints").glob("step_*"))[-1]
+    raw, ema = load_file(str(ckpt / "model.safetensors")), load_file(str(ckpt / "ema.safetensors"))
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw if k.startswith("encoder."))
+    second = tmp_path / "second"
+    assert train_main(_argv(photo_dir, second, "--init-from", str(first), "--decoder-only")) == 0
+    before = ImageTokenizer.from_pretrained(first / "export")  # the first run's EMA
+    after = ImageTokenizer.from_pretrained(second / "export")
+    b, a = before.model.state_dict(), after.model.state_dict()
+    for key in b:
+        if key.startswith(("encoder.", "quant_conv.", "quantizer.")):
+            assert torch.equal(b[key], a[key]), key
+    image = torch.rand(3, 40, 56)
+    assert torch.equal(before.encode(image), after.encode(image))
+
+
 def test_mismatched_shapes_are_refused_naming_the_tensors(photo_dir, saved_tiny, tmp_path, capsys):
     rc = train_main(_argv(photo_dir, tmp_path / "run", "--init-from", str(saved_tiny),
                           sets=("model.quantizer.codebook_size=32",)))

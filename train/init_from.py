@@ -143,6 +143,28 @@ def load_init_weights(source: InitSource, model: torch.nn.Module, ema: torch.nn.
     return loaded
 
 
+def frozen_from_ema(model: torch.nn.Module, ema: torch.nn.Module, part: str) -> list[str]:
+    """Set what ``part`` freezes in ``model`` to the EMA's values; returns the modules that differed.
+
+    The exported model is the EMA. A training checkpoint's raw weights differ from its EMA, so freezing the raw
+    encoder would let the EMA's encoder drift toward it, step by step, and the export's ids would change:
+    decoder-only promises the ids of the model the run starts from, which are the EMA's.
+    """
+    if part == "all":
+        return []
+    changed = []
+    for name in FROZEN_FOR_DECODER_ONLY:
+        try:
+            target, source = model.get_submodule(name), ema.get_submodule(name)
+        except AttributeError:  # not in this model
+            continue
+        state, ema_state = target.state_dict(), source.state_dict()
+        if any(not torch.equal(state[k], ema_state[k]) for k in state):
+            target.load_state_dict(ema_state, strict=True)
+            changed.append(name)
+    return changed
+
+
 def apply_train_part(model: torch.nn.Module, part: str) -> None:
     """Freeze what ``part`` leaves fixed. Frozen modules also stay in eval mode, so the quantizer makes no
     EMA codebook updates or dead-code restarts: the ids a frozen encoder + codebook give cannot change."""
@@ -158,4 +180,5 @@ def apply_train_part(model: torch.nn.Module, part: str) -> None:
         module.requires_grad_(False).eval()
 
 
-__all__ = ["InitSource", "read_init_source", "grown_state", "load_init_weights", "apply_train_part", "TRAIN_PARTS"]
+__all__ = ["InitSource", "read_init_source", "grown_state", "load_init_weights", "frozen_from_ema", "apply_train_part",
+           "TRAIN_PARTS"]

@@ -35,7 +35,7 @@ from tokenizer.pretrained import save_folder
 from .checkpoint import resume_latest, save_checkpoint_all_ranks
 from .common import autocast_dtype, log_main, lr_at, setup_distributed, stop_together
 from .config import TrainConfig
-from .init_from import apply_train_part, load_init_weights, read_init_source
+from .init_from import apply_train_part, frozen_from_ema, load_init_weights, read_init_source
 from .data import (CORRUPTION_STREAM, RandomCrops, StepSampler, corrupt, default_workers, list_images,
                    load_eval_images, step_generator)
 from .discriminator import PatchDiscriminator
@@ -130,6 +130,9 @@ class Trainer:
             if self.init_source is not None:
                 loaded = load_init_weights(self.init_source, self.model, self.ema, self.disc, cfg.grow)
                 self.log(f"initialised from {self.init_source.description}: {', '.join(loaded)}")
+                synced = frozen_from_ema(self.model, self.ema, cfg.train_part)
+                if synced:
+                    self.log(f"frozen {', '.join(synced)} set to the EMA's values (the ids of the exported model)")
         if cfg.train_part != "all":
             self.log(f"training only the {cfg.train_part}; frozen: encoder, quant_conv, quantizer")
         if self.dist.main:
