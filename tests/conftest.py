@@ -46,3 +46,24 @@ def saved_tiny_tokenizer(tiny_tokenizer, tmp_path):
     """A ``vq-tiny`` model folder (config.json + model.safetensors) and the tokenizer it holds."""
     folder = tiny_tokenizer.save_pretrained(tmp_path / "vq-tiny")
     return folder, tiny_tokenizer
+
+
+@pytest.fixture
+def fake_perceptual(monkeypatch) -> list:
+    """``tokenizer.perceptual.PerceptualDistance`` replaced by a stand-in (the real backbone needs the optional
+    extra); returns the list of the ``compute_dtype`` each built instance was given, for plumbing tests."""
+    import tokenizer.perceptual
+
+    built = []
+
+    class FakeDistance(torch.nn.Module):
+        def __init__(self, net="alex", backend="auto", compute_dtype=None):
+            super().__init__()
+            built.append(compute_dtype)
+            self.name = f"fake-{net}"
+
+        def forward(self, x, y):
+            return (x - y).abs().mean(dim=(1, 2, 3))  # (B, 3, H, W) -> (B,)
+
+    monkeypatch.setattr(tokenizer.perceptual, "PerceptualDistance", FakeDistance)
+    return built

@@ -29,21 +29,7 @@ def test_each_amp_is_a_contender_with_its_own_figure(tmp_path, capsys):
     assert all(f"{k}: " in printed for k in keys)  # one line per contender, as a ratio to the first
 
 
-def test_perceptual_amp_values_are_contenders_that_build_the_loss_in_their_precision(tmp_path, capsys, monkeypatch):
-    import tokenizer.perceptual
-
-    built = []
-
-    class FakeDistance(torch.nn.Module):  # the real backbone needs the optional extra; the plumbing is the test
-        def __init__(self, net="alex", backend="auto", compute_dtype=None):
-            super().__init__()
-            built.append(compute_dtype)
-            self.name = f"fake-{net}"
-
-        def forward(self, x, y):
-            return (x - y).abs().mean(dim=(1, 2, 3))  # (B, 3, H, W) -> (B,)
-
-    monkeypatch.setattr(tokenizer.perceptual, "PerceptualDistance", FakeDistance)
+def test_perceptual_amp_values_are_contenders_that_build_the_loss_in_their_precision(tmp_path, capsys, fake_perceptual):
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
@@ -53,7 +39,7 @@ def test_perceptual_amp_values_are_contenders_that_build_the_loss_in_their_preci
     finally:
         torch.set_num_threads(threads)
     assert code == 0
-    assert built == [None, torch.bfloat16]
+    assert fake_perceptual == [None, torch.bfloat16]
     results = json.loads(out.read_text())
     keys = ["vq-tiny+perceptual", "vq-tiny+perceptual[perceptual under autocast]"]
     assert all(results[k] > 0 for k in keys)

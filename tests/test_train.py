@@ -243,26 +243,12 @@ def test_perceptual_batch_limits_the_samples_the_perceptual_loss_sees(photo_dir,
 
 @pytest.mark.parametrize("amp, perceptual_amp, expected", [("bf16", True, torch.bfloat16), ("bf16", False, None),
                                                           ("none", True, None)])
-def test_perceptual_amp_runs_the_perceptual_backbone_under_the_steps_autocast(photo_dir, tmp_path, monkeypatch, amp,
+def test_perceptual_amp_runs_the_perceptual_backbone_under_the_steps_autocast(photo_dir, tmp_path, fake_perceptual, amp,
                                                                               perceptual_amp, expected):
-    import tokenizer.perceptual
-
-    built = []
-
-    class FakeDistance(torch.nn.Module):  # the backbone needs the optional extra; what the loop asks for is the test
-        def __init__(self, net="alex", backend="auto", compute_dtype=None):
-            super().__init__()
-            built.append(compute_dtype)
-            self.name = f"fake-{net}"
-
-        def forward(self, x, y):
-            return (x - y).abs().mean(dim=(1, 2, 3))  # (B, 3, H, W) -> (B,)
-
-    monkeypatch.setattr(tokenizer.perceptual, "PerceptualDistance", FakeDistance)
     cfg = smoke(TrainConfig(preset="vq-tiny", data=[str(photo_dir)], out=str(tmp_path / "run"), amp=amp,
                             perceptual_weight=0.1, perceptual_net="vgg", perceptual_amp=perceptual_amp))
     trainer = Trainer(cfg)
-    assert built == [expected]
+    assert fake_perceptual == [expected]
     stats = trainer.train_step(0, torch.rand(2, 3, 32, 32))
     assert torch.isfinite(stats["perceptual"]) and float(stats["perceptual"]) > 0
 
